@@ -1,0 +1,93 @@
+"""The async engine and session factory, with SQLite set up for one writer at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+READONLY = "qunban_readonly"
+
+# Ticket events are an append-only record: the database itself refuses to change them.
+_SQLITE_GUARDS = [
+    """CREATE TRIGGER IF NOT EXISTS ticketevent_no_update BEFORE UPDATE ON ticketevent
+       BEGIN SELECT RAISE(ABORT, 'ticket events are immutable'); END""",
+    """CREATE TRIGGER IF NOT EXISTS ticketevent_no_delete BEFORE DELETE ON ticketevent
+       BEGIN SELECT RAISE(ABORT, 'ticket events are immutable'); END""",
+]
+_PG_GUARDS = [
+    """CREATE OR REPLACE FUNCTION ticketevent_immutable() RETURNS trigger AS $$
+       BEGIN RAISE EXCEPTION 'ticket events are immutable'; END; $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS ticketevent_no_change ON ticketevent",
+    """CREATE TRIGGER ticketevent_no_change BEFORE UPDATE OR DELETE ON ticketevent
+       FOR EACH ROW EXECUTE FUNCTION ticketevent_immutable()""",
+]
+
+
+def guard_statements(dialect: str) -> list[str]:
+    """The DDL that makes ticket events immutable on this engine."""
+    return _PG_GUARDS if dialect == "postgresql" else _SQLITE_GUARDS
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for writers."""
+    if not is_sqlite(url):
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 5)
+        return create_async_engine(url, **kwargs)
+    memory = make_url(url).database in (None, "", ":memory:")
+    if memory:
+        kwargs.setdefault("poolclass", sa.pool.StaticPool)
+    kwargs.setdefault("connect_args", {"timeout": 30})
+    engine = create_async_engine(url, **kwargs)
+    _configure_sqlite(engine, wal=not memory)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    sync_engine = engine.sync_engine
+
+    @sa.event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # let SQLAlchemy's "begin" event below issue BEGIN itself
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # a deferred transaction that reads then writes fails at once under a concurrent
+        # writer; taking the write lock up front makes it wait its turn instead
+        if conn.get_execution_options().get(READONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create every table (tests and throwaway databases; production runs the migrations)."""
+    from sqlmodel import SQLModel
+
+    from storage import tables  # noqa: F401  (registers the tables)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all)
+        for statement in guard_statements(engine.dialect.name):
+            await conn.exec_driver_sql(statement)

@@ -1,0 +1,332 @@
+"""Repositories: queries named for what they are for. They never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.tables import (
+    OPEN_STATES,
+    Attachment,
+    ChatGroup,
+    Department,
+    DigestRun,
+    Enterprise,
+    InboxUpdate,
+    Invite,
+    KeyValue,
+    Nudge,
+    Outbox,
+    OutboxState,
+    Person,
+    Region,
+    Role,
+    Ticket,
+    TicketEvent,
+    TicketState,
+)
+
+
+class _Repository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, row: Any) -> None:
+        self.session.add(row)
+
+    async def insert_ignoring_duplicate(self, row: Any) -> bool:
+        """Insert in a savepoint; False when a unique key says it is already there."""
+        try:
+            async with self.session.begin_nested():
+                self.session.add(row)
+                await self.session.flush()
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+
+class OrgRepository(_Repository):
+    async def region(self, region_id: int) -> Region | None:
+        return await self.session.get(Region, region_id)
+
+    async def region_by_code(self, code: str) -> Region | None:
+        return (await self.session.exec(select(Region).where(Region.code == code))).first()
+
+    async def all_regions(self) -> Sequence[Region]:
+        return (await self.session.exec(select(Region).order_by(Region.id))).all()
+
+    async def region_and_below(self, region_id: int) -> frozenset[int]:
+        """The region and every region under it (a city and its counties)."""
+        regions = await self.all_regions()
+        children: dict[int | None, list[int]] = {}
+        for region in regions:
+            children.setdefault(region.parent_id, []).append(region.id)  # type: ignore[arg-type]
+        found, todo = set(), [region_id]
+        while todo:
+            current = todo.pop()
+            if current not in found:
+                found.add(current)
+                todo.extend(children.get(current, []))
+        return frozenset(found)
+
+    async def region_and_above(self, region_id: int) -> list[Region]:
+        chain: list[Region] = []
+        current = await self.region(region_id)
+        while current is not None and current not in chain:
+            chain.append(current)
+            current = await self.region(current.parent_id) if current.parent_id else None
+        return chain
+
+    async def department(self, department_id: int) -> Department | None:
+        return await self.session.get(Department, department_id)
+
+    async def department_by_code(self, code: str) -> Department | None:
+        return (await self.session.exec(select(Department).where(Department.code == code))).first()
+
+    async def departments_in(self, region_ids: Sequence[int]) -> Sequence[Department]:
+        query = select(Department).where(col(Department.region_id).in_(region_ids))
+        return (await self.session.exec(query.order_by(Department.id))).all()
+
+    async def all_departments(self) -> Sequence[Department]:
+        return (await self.session.exec(select(Department).order_by(Department.id))).all()
+
+    async def enterprise(self, enterprise_id: int) -> Enterprise | None:
+        return await self.session.get(Enterprise, enterprise_id)
+
+    async def enterprise_by_code(self, code: str) -> Enterprise | None:
+        return (await self.session.exec(select(Enterprise).where(Enterprise.code == code))).first()
+
+    async def person(self, person_id: int) -> Person | None:
+        return await self.session.get(Person, person_id)
+
+    async def person_by_telegram(self, telegram_id: int) -> Person | None:
+        query = select(Person).where(Person.telegram_id == telegram_id)
+        return (await self.session.exec(query)).first()
+
+    async def person_by_username(self, username: str) -> Person | None:
+        query = select(Person).where(sa.func.lower(Person.username) == username.lower())
+        return (await self.session.exec(query)).first()
+
+    async def people(self, ids: Sequence[int]) -> Sequence[Person]:
+        if not ids:
+            return []
+        return (await self.session.exec(select(Person).where(col(Person.id).in_(ids)))).all()
+
+    async def officials_of(
+        self, department_id: int, *, heads_only: bool = False
+    ) -> Sequence[Person]:
+        query = select(Person).where(
+            Person.department_id == department_id, Person.role == Role.OFFICIAL, Person.active
+        )
+        if heads_only:
+            query = query.where(Person.is_head)
+        return (await self.session.exec(query.order_by(Person.id))).all()
+
+    async def people_with_role(self, role: Role, region_ids: Sequence[int]) -> Sequence[Person]:
+        query = select(Person).where(
+            Person.role == role, col(Person.region_id).in_(region_ids), Person.active
+        )
+        return (await self.session.exec(query.order_by(Person.id))).all()
+
+    async def all_people_with_role(self, role: Role) -> Sequence[Person]:
+        query = select(Person).where(Person.role == role, Person.active)
+        return (await self.session.exec(query.order_by(Person.id))).all()
+
+    async def group_by_chat(self, chat_id: int) -> ChatGroup | None:
+        return (
+            await self.session.exec(select(ChatGroup).where(ChatGroup.chat_id == chat_id))
+        ).first()
+
+    async def groups_of(self, region_id: int) -> Sequence[ChatGroup]:
+        query = select(ChatGroup).where(ChatGroup.region_id == region_id).order_by(ChatGroup.id)
+        return (await self.session.exec(query)).all()
+
+    async def invite(self, code: str) -> Invite | None:
+        return (await self.session.exec(select(Invite).where(Invite.code == code))).first()
+
+    async def counts(self) -> dict[str, int]:
+        out = {}
+        for table in (Region, Department, Enterprise, Person, ChatGroup):
+            total = await self.session.exec(select(sa.func.count()).select_from(table))
+            out[table.__tablename__] = total.one()  # type: ignore[attr-defined]
+        return out
+
+
+class TicketRepository(_Repository):
+    async def get(self, ticket_id: int, *, for_update: bool = False) -> Ticket | None:
+        query = select(Ticket).where(Ticket.id == ticket_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.exec(query)).first()
+
+    async def by_source(self, chat_id: int, message_id: int) -> Ticket | None:
+        query = select(Ticket).where(
+            Ticket.source_chat_id == chat_id, Ticket.source_message_id == message_id
+        )
+        return (await self.session.exec(query)).first()
+
+    async def reports_since(self, reporter_id: int, since: datetime) -> int:
+        query = select(sa.func.count()).where(
+            Ticket.reporter_id == reporter_id, Ticket.created_at >= since
+        )
+        return (await self.session.exec(query)).one()
+
+    async def listing(
+        self,
+        *,
+        enterprise_id: int | None = None,
+        department_id: int | None = None,
+        region_ids: Sequence[int] | None = None,
+        claimant_id: int | None = None,
+        reporter_id: int | None = None,
+        states: Sequence[TicketState] | None = None,
+        overdue_at: datetime | None = None,
+        limit: int = 50,
+    ) -> Sequence[Ticket]:
+        query = select(Ticket)
+        if enterprise_id is not None:
+            query = query.where(Ticket.enterprise_id == enterprise_id)
+        if department_id is not None:
+            query = query.where(Ticket.department_id == department_id)
+        if region_ids is not None:
+            query = query.where(col(Ticket.region_id).in_(region_ids))
+        if claimant_id is not None:
+            query = query.where(Ticket.claimant_id == claimant_id)
+        if reporter_id is not None:
+            query = query.where(Ticket.reporter_id == reporter_id)
+        if states is not None:
+            query = query.where(col(Ticket.state).in_(states))
+        if overdue_at is not None:
+            query = query.where(col(Ticket.due_at) < overdue_at)
+        order = col(Ticket.due_at) if overdue_at is not None else col(Ticket.id).desc()
+        return (await self.session.exec(query.order_by(order).limit(limit))).all()
+
+    async def open_tickets(self, *, limit: int = 10_000) -> Sequence[Ticket]:
+        """Every ticket the scheduler may still have to act on (indexed by state)."""
+        query = select(Ticket).where(col(Ticket.state).in_(list(OPEN_STATES)))
+        return (await self.session.exec(query.order_by(Ticket.id).limit(limit))).all()
+
+    async def stale_open(self, idle_before: datetime, limit: int = 1000) -> Sequence[Ticket]:
+        """Open tickets idle since before a moment, or past their due time, oldest first."""
+        query = select(Ticket).where(
+            col(Ticket.state).in_(list(OPEN_STATES)),
+            sa.or_(col(Ticket.last_activity_at) < idle_before, col(Ticket.due_at) < idle_before),
+        )
+        return (
+            await self.session.exec(query.order_by(Ticket.last_activity_at).limit(limit))
+        ).all()
+
+
+class EventRepository(_Repository):
+    async def of_ticket(self, ticket_id: int) -> Sequence[TicketEvent]:
+        query = select(TicketEvent).where(TicketEvent.ticket_id == ticket_id)
+        return (await self.session.exec(query.order_by(TicketEvent.id))).all()
+
+    async def attachments_of(self, ticket_id: int) -> Sequence[Attachment]:
+        query = select(Attachment).where(Attachment.ticket_id == ticket_id)
+        return (await self.session.exec(query.order_by(Attachment.id))).all()
+
+    async def between(
+        self, start: datetime, end: datetime, kinds: Sequence[str]
+    ) -> Sequence[TicketEvent]:
+        query = select(TicketEvent).where(
+            TicketEvent.at >= start, TicketEvent.at < end, col(TicketEvent.kind).in_(kinds)
+        )
+        return (await self.session.exec(query.order_by(TicketEvent.id))).all()
+
+
+class OutboxRepository(_Repository):
+    async def due(
+        self, now: datetime, *, limit: int = 100, skip_locked: bool = False
+    ) -> Sequence[Outbox]:
+        query = (
+            select(Outbox)
+            .where(Outbox.state == OutboxState.PENDING, Outbox.not_before <= now)
+            .where(sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now))
+            .order_by(Outbox.id)
+            .limit(limit)
+        )
+        if skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        return (await self.session.exec(query)).all()
+
+    async def get(self, outbox_id: int) -> Outbox | None:
+        return await self.session.get(Outbox, outbox_id)
+
+    async def depth(self) -> int:
+        query = select(sa.func.count()).where(Outbox.state == OutboxState.PENDING)
+        return (await self.session.exec(query)).one()
+
+    async def oldest_pending(self) -> datetime | None:
+        query = select(sa.func.min(Outbox.created_at)).where(Outbox.state == OutboxState.PENDING)
+        return (await self.session.exec(query)).one()
+
+    async def earlier_pending_in_chat(self, chat_id: int, before_id: int) -> bool:
+        query = select(Outbox.id).where(
+            Outbox.chat_id == chat_id,
+            Outbox.state == OutboxState.PENDING,
+            col(Outbox.id) < before_id,
+        )
+        return (await self.session.exec(query.limit(1))).first() is not None
+
+
+class InboxRepository(_Repository):
+    async def get(self, update_id: int) -> InboxUpdate | None:
+        return await self.session.get(InboxUpdate, update_id)
+
+    async def pending(self, limit: int = 100) -> Sequence[InboxUpdate]:
+        query = select(InboxUpdate).where(~col(InboxUpdate.processed), ~col(InboxUpdate.parked))
+        return (
+            await self.session.exec(
+                query.order_by(InboxUpdate.received_at, InboxUpdate.update_id).limit(limit)
+            )
+        ).all()
+
+    async def parked(self, limit: int = 50) -> Sequence[InboxUpdate]:
+        query = select(InboxUpdate).where(col(InboxUpdate.parked))
+        return (await self.session.exec(query.order_by(InboxUpdate.update_id).limit(limit))).all()
+
+    async def oldest_pending_at(self) -> datetime | None:
+        query = select(sa.func.min(InboxUpdate.received_at)).where(
+            ~col(InboxUpdate.processed), ~col(InboxUpdate.parked)
+        )
+        return (await self.session.exec(query)).one()
+
+
+class ScheduleRepository(_Repository):
+    async def nudges_of(self, ticket_id: int) -> Sequence[Nudge]:
+        query = select(Nudge).where(Nudge.ticket_id == ticket_id).order_by(Nudge.id)
+        return (await self.session.exec(query)).all()
+
+    async def last_nudge(self, ticket_id: int, rung: str, person_id: int | None) -> Nudge | None:
+        query = select(Nudge).where(
+            Nudge.ticket_id == ticket_id, Nudge.rung == rung, Nudge.person_id == person_id
+        )
+        return (await self.session.exec(query.order_by(col(Nudge.id).desc()).limit(1))).first()
+
+    async def mark_nudges_acted(self, ticket_id: int) -> None:
+        await self.session.exec(  # type: ignore[call-overload]
+            sa.update(Nudge)
+            .where(col(Nudge.ticket_id) == ticket_id, ~col(Nudge.acted))
+            .values(acted=True)
+        )
+
+    async def digest_run(self, leader_id: int, day: Any) -> DigestRun | None:
+        query = select(DigestRun).where(DigestRun.leader_id == leader_id, DigestRun.day == day)
+        return (await self.session.exec(query)).first()
+
+    async def get_value(self, key: str) -> KeyValue | None:
+        return await self.session.get(KeyValue, key)
+
+    async def put_value(self, key: str, value: dict[str, Any], now: datetime) -> None:
+        row = await self.session.get(KeyValue, key)
+        if row is None:
+            self.session.add(KeyValue(key=key, value=value, updated_at=now))
+        else:
+            row.value = value
+            row.updated_at = now
