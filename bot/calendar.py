@@ -75,6 +75,10 @@ class WorkCalendar(ABC):
     def days_off(self, year: int) -> list[DayOff]:
         """The year's non-weekend days off and weekend make-up working days, by date."""
 
+    @abstractmethod
+    def working_day_length(self) -> timedelta:
+        """The working time in one working day: what "1 working day" adds up to."""
+
 
 class AlwaysOpen(WorkCalendar):
     """Every instant is working time (`24x7`)."""
@@ -102,6 +106,9 @@ class AlwaysOpen(WorkCalendar):
     def days_off(self, year: int) -> list[DayOff]:
         return []
 
+    def working_day_length(self) -> timedelta:
+        return timedelta(days=1)
+
 
 class OfficeCalendar(WorkCalendar):
     """Office hours on working days: the plain week, amended by the holiday notices."""
@@ -118,6 +125,13 @@ class OfficeCalendar(WorkCalendar):
         _check_hours(hours)
         self.zone = zone
         self.hours = tuple(hours)
+        self._day_length = sum(
+            (
+                datetime.combine(date.min, end) - datetime.combine(date.min, start)
+                for start, end in self.hours
+            ),
+            _ZERO,
+        )
         self._years = frozenset(years)
         self._off = dict(off)
         self._workday = dict(workday)
@@ -172,6 +186,9 @@ class OfficeCalendar(WorkCalendar):
         off = [DayOff(d, "off", n) for d, n in self._off.items() if d.weekday() < 5]
         work = [DayOff(d, "workday", n) for d, n in self._workday.items()]
         return sorted(entry for entry in off + work if entry.day.year == year)
+
+    def working_day_length(self) -> timedelta:
+        return self._day_length
 
     def _periods(self, day: date) -> list[Period]:
         """The working periods of a local date, as UTC instants; none on a day off."""

@@ -266,6 +266,10 @@ class OutboxRepository(_Repository):
         query = select(sa.func.min(Outbox.created_at)).where(Outbox.state == OutboxState.PENDING)
         return (await self.session.exec(query)).one()
 
+    async def card_queued(self, ticket_id: int) -> bool:
+        query = select(Outbox.id).where(Outbox.ticket_id == ticket_id, col(Outbox.is_card))
+        return (await self.session.exec(query.limit(1))).first() is not None
+
     async def earlier_pending_in_chat(self, chat_id: int, before_id: int) -> bool:
         query = select(Outbox.id).where(
             Outbox.chat_id == chat_id,

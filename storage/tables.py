@@ -110,6 +110,7 @@ class ChatGroup(SQLModel, table=True):
     chat_id: int = Field(sa_type=TG_ID, unique=True, index=True)
     region_id: int = Field(foreign_key="region.id", index=True)
     title: str = _str(256, default="")
+    language: str = _str(8, default="zh")
 
 
 class Ticket(SQLModel, table=True):

@@ -1,0 +1,166 @@
+"""Who is told of what: outbox rows written in the same transaction as the change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot import texts
+from bot.clock import Clock
+from bot.config import Settings
+from bot.markup import split_html
+from bot.services.views import EventView, TicketView
+from storage.tables import Outbox, Person, Role, Ticket
+from storage.uow import UnitOfWork
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The chat and message a command came from, so the answer can reply to it."""
+
+    chat_id: int
+    message_id: int | None = None
+
+
+def _markup(rows: list[list[dict[str, str]]]) -> dict[str, Any] | None:
+    return {"inline_keyboard": rows} if rows else None
+
+
+class Notifier:
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._tz = settings.tz
+
+    def message(
+        self,
+        uow: UnitOfWork,
+        chat_id: int,
+        html: str,
+        *,
+        ticket_id: int | None = None,
+        person_id: int | None = None,
+        buttons: list[list[dict[str, str]]] | None = None,
+        reply_to: int | None = None,
+        dedupe_key: str | None = None,
+        is_card: bool = False,
+    ) -> list[Outbox]:
+        """Queue a message, split when longer than Telegram allows; buttons on the last part."""
+        now = self._clock.now()
+        chunks = split_html(html)
+        rows = []
+        for index, chunk in enumerate(chunks):
+            payload: dict[str, Any] = {"text": chunk, "parse_mode": "HTML"}
+            last = index == len(chunks) - 1
+            if last and buttons:
+                payload["reply_markup"] = _markup(buttons)
+            if index == 0 and reply_to:
+                payload["reply_parameters"] = {
+                    "message_id": reply_to,
+                    "allow_sending_without_reply": True,
+                }
+            key = f"{dedupe_key}:{index}" if dedupe_key and len(chunks) > 1 else dedupe_key
+            row = Outbox(
+                chat_id=chat_id,
+                payload=payload,
+                ticket_id=ticket_id,
+                person_id=person_id,
+                dedupe_key=key,
+                is_card=is_card and index == 0,
+                created_at=now,
+                not_before=now,
+            )
+            uow.outbox.add(row)
+            rows.append(row)
+        return rows
+
+    async def card(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        view: TicketView,
+        lang: str,
+        reply_to: int | None = None,
+    ) -> None:
+        """Post the ticket's card in its group, or edit the one already there."""
+        if ticket.group_chat_id is None:
+            return
+        html = texts.card(lang, self._tz, view)
+        buttons = texts.card_buttons(lang, view)
+        first = ticket.card_message_id is None and not await uow.outbox.card_queued(ticket.id)  # type: ignore[arg-type]
+        if first:
+            self.message(
+                uow,
+                ticket.group_chat_id,
+                html,
+                ticket_id=ticket.id,
+                buttons=buttons,
+                reply_to=reply_to,
+                is_card=True,
+            )
+            return
+        now = self._clock.now()
+        payload: dict[str, Any] = {"card_of": ticket.id, "text": html, "parse_mode": "HTML"}
+        payload["reply_markup"] = _markup(buttons) or {"inline_keyboard": []}
+        uow.outbox.add(
+            Outbox(
+                chat_id=ticket.group_chat_id,
+                method="editMessageText",
+                payload=payload,
+                ticket_id=ticket.id,
+                created_at=now,
+                not_before=now,
+            )
+        )
+
+    def direct(
+        self,
+        uow: UnitOfWork,
+        people: Iterable[Person],
+        view: TicketView,
+        event: EventView,
+        *,
+        skip: int | None = None,
+        rating: bool = False,
+        claim: bool = False,
+    ) -> None:
+        """Tell people privately, each in their own language; nobody is told of their own act."""
+        seen: set[int] = set()
+        for person in people:
+            if person.id in seen or person.id == skip or not person.telegram_id:
+                continue
+            seen.add(person.id)  # type: ignore[arg-type]
+            reveal = person.role != Role.ENTERPRISE or person.enterprise_id is not None
+            html = texts.event_sentence(person.language, view, event, reveal=reveal)
+            buttons: list[list[dict[str, str]]] = []
+            if rating:
+                buttons = texts.rating_buttons(person.language, view.number)
+            elif claim:
+                buttons = texts.card_buttons(person.language, view)
+            self.message(
+                uow,
+                person.telegram_id,
+                html,
+                ticket_id=view.number,
+                person_id=person.id,
+                buttons=buttons,
+            )
+
+    def event_line(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        view: TicketView,
+        event: EventView,
+        lang: str,
+        reply_to: int | None = None,
+    ) -> None:
+        if ticket.group_chat_id is None:
+            return
+        html = texts.event_sentence(lang, view, event)
+        self.message(uow, ticket.group_chat_id, html, ticket_id=ticket.id, reply_to=reply_to)
+
+
+def people_of(groups: Sequence[Sequence[Person]]) -> list[Person]:
+    return [person for group in groups for person in group]

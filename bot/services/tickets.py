@@ -1,0 +1,474 @@
+"""The ticket use cases: each runs one transaction, appends its event and queues who is told."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from bot import tickets as flow
+from bot.calendar import WorkCalendar
+from bot.clock import Clock
+from bot.config import Settings
+from bot.errors import (
+    InvalidTransitionError,
+    NotRegisteredError,
+    RateLimitedError,
+    TicketNotFoundError,
+    UnboundGroupError,
+)
+from bot.markup import clip
+from bot.notify import Notifier, Origin
+from bot.services.org import OrgDirectory, facts_of, working_span
+from bot.services.views import EventView, Outcome
+from bot.tickets import Action, Actor
+from storage.tables import Attachment, Person, Role, Ticket, TicketEvent, TicketState
+from storage.uow import UnitOfWork, UnitOfWorkFactory
+
+S = TicketState
+
+
+@dataclass(frozen=True)
+class NewAttachment:
+    kind: str
+    file_id: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+class TicketService:
+    """Report, assign, claim … : the workflow run against the database."""
+
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        clock: Clock,
+        calendar: WorkCalendar,
+        settings: Settings,
+        notifier: Notifier,
+    ) -> None:
+        self._uows = uows
+        self._clock = clock
+        self._calendar = calendar
+        self._settings = settings
+        self._notify = notifier
+        self.org = OrgDirectory()
+
+    # ---- intake -------------------------------------------------------------------------
+
+    async def report(
+        self,
+        telegram_id: int,
+        text: str,
+        *,
+        chat_id: int,
+        message_id: int | None,
+        private: bool = False,
+        anonymous: bool = False,
+        category: str | None = None,
+        attachments: Sequence[NewAttachment] = (),
+    ) -> Outcome:
+        """File a ticket from a group message or a private conversation.
+
+        Raises NotRegisteredError, UnboundGroupError, InvalidTransitionError (not an
+        enterprise member), RateLimitedError. A message already filed returns its ticket.
+        """
+        now = self._clock.now()
+        async with self._uows() as uow:
+            person, _ = await self._actor(uow, telegram_id)
+            if message_id is not None and (
+                known := await uow.tickets.by_source(chat_id, message_id)
+            ):
+                return Outcome(await self.org.view(uow, known), "report", created=False)
+            if person.role != Role.ENTERPRISE or person.enterprise_id is None:
+                raise InvalidTransitionError("role", number="—", action="report")
+            region_id, group_chat = await self._intake_place(uow, person, chat_id, private)
+            since = now - timedelta(hours=1)
+            if (
+                await uow.tickets.reports_since(person.id, since)
+                >= self._settings.report_limit_per_hour
+            ):  # type: ignore[arg-type]
+                raise RateLimitedError(limit=self._settings.report_limit_per_hour)
+            ticket = Ticket(
+                state=S.REPORTED,
+                region_id=region_id,
+                enterprise_id=person.enterprise_id,
+                reporter_id=person.id,  # type: ignore[arg-type]
+                summary=clip(" ".join(text.split()), 120) or "—",
+                text=text,
+                anonymous=anonymous and private,
+                category=category,
+                source_chat_id=chat_id,
+                source_message_id=message_id,
+                group_chat_id=group_chat,
+                created_at=now,
+                last_activity_at=now,
+            )
+            uow.tickets.add(ticket)
+            await uow.flush()
+            event = self._append(uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now)
+            await uow.flush()
+            self._attach(uow, ticket, event, attachments, now)
+            routed = await self._route(uow, ticket, text)
+            auto = None
+            if routed is not None:
+                move = flow.decide(
+                    self._facts(ticket), Action.ASSIGN, flow.SYSTEM, department_id=routed
+                )
+                auto = await self._record(uow, ticket, move, None, "keywords", now)
+            # one card, already showing where the routing rules sent it
+            await self._after(uow, ticket, event, person, Origin(chat_id, message_id))
+            if auto is not None:
+                await self._after(uow, ticket, auto, None, None)
+            view = await self.org.view(uow, ticket)
+            await uow.commit()
+        return Outcome(view, "report")
+
+    async def _intake_place(
+        self, uow: UnitOfWork, person: Person, chat_id: int, private: bool
+    ) -> tuple[int, int | None]:
+        if not private:
+            group = await uow.org.group_by_chat(chat_id)
+            if group is None:
+                raise UnboundGroupError(chat_id=chat_id)
+            return group.region_id, group.chat_id
+        enterprise = await uow.org.enterprise(person.enterprise_id)  # type: ignore[arg-type]
+        assert enterprise is not None
+        for region in await uow.org.region_and_above(enterprise.region_id):
+            groups = await uow.org.groups_of(region.id)  # type: ignore[arg-type]
+            if groups:
+                return enterprise.region_id, groups[0].chat_id
+        return enterprise.region_id, None
+
+    async def _route(self, uow: UnitOfWork, ticket: Ticket, text: str) -> int | None:
+        """The one department whose keywords the text names, if exactly one does."""
+        chain = [r.id for r in await uow.org.region_and_above(ticket.region_id)]
+        matched = [
+            d.id
+            for d in await uow.org.departments_in(chain)  # type: ignore[arg-type]
+            if any(k and k in text for k in d.keywords)
+        ]
+        return matched[0] if len(matched) == 1 else None
+
+    # ---- the workflow -------------------------------------------------------------------
+
+    async def assign(
+        self, telegram_id: int, number: int, department: str, origin: Origin | None = None
+    ) -> Outcome:
+        """交办: coordinator or leader gives a reported ticket to a department."""
+        return await self._act(telegram_id, number, Action.ASSIGN, origin, department=department)
+
+    async def claim(
+        self,
+        telegram_id: int,
+        number: int,
+        promised: date | None = None,
+        origin: Origin | None = None,
+    ) -> Outcome:
+        """领办: an official of the department takes the ticket, optionally promising a date."""
+        if promised is not None and promised < self._today():
+            raise InvalidTransitionError("bad_promise", number=number)
+        return await self._act(telegram_id, number, Action.CLAIM, origin, promised_date=promised)
+
+    async def return_(
+        self,
+        telegram_id: int,
+        number: int,
+        reason: str,
+        department: str | None = None,
+        origin: Origin | None = None,
+    ) -> Outcome:
+        """退单: "not ours", with a reason and perhaps the department it should go to."""
+        return await self._act(
+            telegram_id, number, Action.RETURN, origin, note=reason, suggested=department
+        )
+
+    async def approve_return(
+        self,
+        telegram_id: int,
+        number: int,
+        department: str | None = None,
+        origin: Origin | None = None,
+    ) -> Outcome:
+        return await self._act(
+            telegram_id, number, Action.APPROVE_RETURN, origin, department=department
+        )
+
+    async def reject_return(
+        self, telegram_id: int, number: int, note: str | None = None, origin: Origin | None = None
+    ) -> Outcome:
+        return await self._act(telegram_id, number, Action.REJECT_RETURN, origin, note=note)
+
+    async def supervise(
+        self,
+        telegram_id: int,
+        number: int,
+        note: str | None = None,
+        attachments: Sequence[NewAttachment] = (),
+        origin: Origin | None = None,
+    ) -> Outcome:
+        """督办: a leader puts the ticket under supervision, perhaps with photos and a place."""
+        return await self._act(
+            telegram_id, number, Action.SUPERVISE, origin, note=note, attachments=attachments
+        )
+
+    async def progress(
+        self, telegram_id: int, number: int, note: str, origin: Origin | None = None
+    ) -> Outcome:
+        return await self._act(telegram_id, number, Action.PROGRESS, origin, note=note)
+
+    async def resolve(
+        self, telegram_id: int, number: int, note: str, origin: Origin | None = None
+    ) -> Outcome:
+        """办结: the holder says it is done; the enterprise is asked to rate."""
+        return await self._act(telegram_id, number, Action.RESOLVE, origin, note=note)
+
+    async def rate(
+        self,
+        telegram_id: int,
+        number: int,
+        rating: str,
+        reason: str | None = None,
+        origin: Origin | None = None,
+    ) -> Outcome:
+        """The enterprise confirms: good ratings close it, bad ones send it back (重办)."""
+        return await self._act(
+            telegram_id, number, Action.RATE, origin, rating=rating, note=reason
+        )
+
+    async def withdraw(
+        self, telegram_id: int, number: int, origin: Origin | None = None
+    ) -> Outcome:
+        return await self._act(telegram_id, number, Action.WITHDRAW, origin)
+
+    async def merge(
+        self, telegram_id: int, number: int, into: int, origin: Origin | None = None
+    ) -> Outcome:
+        """并单: a duplicate follows the other ticket."""
+        return await self._act(telegram_id, number, Action.MERGE, origin, into_id=into)
+
+    async def transfer(
+        self, telegram_id: int, number: int, department: str, origin: Origin | None = None
+    ) -> Outcome:
+        return await self._act(telegram_id, number, Action.TRANSFER, origin, department=department)
+
+    async def system(self, number: int, action: Action, note: str | None = None) -> Outcome:
+        """The scheduler's own moves (auto-supervision, closing unrated)."""
+        async with self._uows() as uow:
+            ticket = await self._load(uow, number, flow.SYSTEM)
+            move = flow.decide(self._facts(ticket), action, flow.SYSTEM, note=note)
+            event = await self._record(uow, ticket, move, None, note, self._clock.now())
+            await self._after(uow, ticket, event, None, None)
+            view = await self.org.view(uow, ticket)
+            await uow.commit()
+        return Outcome(view, action.value)
+
+    # ---- machinery ----------------------------------------------------------------------
+
+    async def _act(
+        self, telegram_id: int, number: int, action: Action, origin: Origin | None, **args: Any
+    ) -> Outcome:
+        now = self._clock.now()
+        async with self._uows() as uow:
+            person, actor = await self._actor(uow, telegram_id)
+            ticket = await self._load(uow, number, actor)
+            facts = self._facts(ticket)
+            resolved = await self._resolve_args(uow, ticket, action, actor, args)
+            try:
+                move = flow.decide(facts, action, actor, ticket_id=ticket.id, **resolved)
+            except InvalidTransitionError as err:
+                raise await self._explained(uow, err, ticket) from None
+            event = await self._record(uow, ticket, move, person.id, args.get("note"), now)
+            self._attach(uow, ticket, event, args.get("attachments", ()), now)
+            await self._after(uow, ticket, event, person, origin)
+            view = await self.org.view(uow, ticket)
+            await uow.commit()
+        return Outcome(view, action.value)
+
+    async def _resolve_args(
+        self, uow: UnitOfWork, ticket: Ticket, action: Action, actor: Actor, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        out = {
+            k: v for k, v in args.items() if k not in ("department", "suggested", "attachments")
+        }
+        if args.get("department"):
+            out["department_id"] = await self.org.department_id(uow, ticket, args["department"])
+        if args.get("suggested"):
+            out["suggested_department_id"] = await self.org.department_id(
+                uow, ticket, args["suggested"]
+            )
+        if action is Action.MERGE:
+            target = await uow.tickets.get(args["into_id"])
+            if (
+                target is None
+                or target.state not in flow.OPEN_STATES - {S.RESOLVED}
+                or target.id == ticket.id
+                or not flow.can_see(self._facts(target), actor)
+            ):
+                raise InvalidTransitionError(
+                    "merge_target", number=ticket.id, into_id=args["into_id"]
+                )
+        return out
+
+    async def _explained(
+        self, uow: UnitOfWork, err: InvalidTransitionError, ticket: Ticket
+    ) -> InvalidTransitionError:
+        params = dict(err.params, number=ticket.id)
+        if ticket.claimant_id:
+            claimant = await uow.org.person(ticket.claimant_id)
+            params["claimant_name"] = claimant.name if claimant else None
+        return InvalidTransitionError(err.code, **params)
+
+    async def _record(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        move: flow.Move,
+        actor_id: int | None,
+        note: str | None,
+        now: Any,
+    ) -> TicketEvent:
+        """Write the new facts onto the ticket and append the event that explains them."""
+        after = move.after
+        ticket.state = after.state
+        ticket.department_id = after.department_id
+        ticket.claimant_id = after.claimant_id
+        ticket.suggested_department_id = after.suggested_department_id
+        ticket.redo_count = after.redo_count
+        ticket.return_count = after.return_count
+        ticket.merged_into_id = after.merged_into_id
+        ticket.rating = after.rating
+        ticket.version += 1
+        self._stamp(ticket, move, now)
+        event = self._append(
+            uow,
+            ticket,
+            move.action.value,
+            actor_id,
+            move.before.state,
+            after.state,
+            note,
+            move.data,
+            now,
+        )
+        await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
+        await uow.flush()
+        return event
+
+    def _stamp(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
+        action = move.action
+        if (
+            action in (Action.ASSIGN, Action.TRANSFER, Action.APPROVE_RETURN)
+            and not ticket.assigned_at
+        ):
+            ticket.assigned_at = now
+            ticket.due_at = self._calendar.add_working(
+                now, working_span(self._calendar, self._settings.supervise_after)
+            )
+        if action is Action.CLAIM:
+            ticket.claimed_at = ticket.claimed_at or now
+            ticket.promised_date = move.data.get("promised_date") and date.fromisoformat(
+                move.data["promised_date"]
+            )
+        if action is Action.SUPERVISE:
+            ticket.supervised_at = now
+        if action is Action.TRANSFER:
+            ticket.supervised_at = None
+        if action is Action.RESOLVE:
+            ticket.resolved_at = now
+        if move.after.state in (S.CLOSED, S.WITHDRAWN, S.MERGED):
+            ticket.closed_at = now
+        if move.after.state in (S.CLAIMED, S.SUPERVISED) and move.before.state is S.RESOLVED:
+            ticket.resolved_at = None
+        ticket.last_activity_at = now
+
+    def _append(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        kind: str,
+        actor_id: int | None,
+        from_state: str | None,
+        to_state: str,
+        note: str | None,
+        data: dict[str, Any],
+        now: Any,
+    ) -> TicketEvent:
+        event = TicketEvent(
+            ticket_id=ticket.id,
+            kind=kind,
+            actor_id=actor_id,  # type: ignore[arg-type]
+            from_state=from_state,
+            to_state=to_state,
+            note=note,
+            data=data,
+            at=now,
+        )
+        uow.events.add(event)
+        return event
+
+    def _attach(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        event: TicketEvent,
+        attachments: Sequence[NewAttachment],
+        now: Any,
+    ) -> None:
+        for item in attachments:
+            uow.events.add(
+                Attachment(
+                    ticket_id=ticket.id,
+                    event_id=event.id,
+                    kind=item.kind,  # type: ignore[arg-type]
+                    file_id=item.file_id,
+                    latitude=item.latitude,
+                    longitude=item.longitude,
+                    at=now,
+                )
+            )
+
+    async def _after(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        event: TicketEvent,
+        person: Person | None,
+        origin: Origin | None,
+    ) -> None:
+        from bot.services.announce import announce
+
+        await uow.flush()
+        await announce(uow, self._notify, self.org, ticket, event, person, origin)
+
+    async def _actor(self, uow: UnitOfWork, telegram_id: int) -> tuple[Person, Actor]:
+        person = await uow.org.person_by_telegram(telegram_id)
+        if person is None or not person.active:
+            raise NotRegisteredError(telegram_id=telegram_id)
+        return person, await self.org.actor(uow, person)
+
+    async def _load(self, uow: UnitOfWork, number: int, actor: Actor) -> Ticket:
+        ticket = await uow.tickets.get(number, for_update=True) if 0 < number < 2**62 else None
+        if ticket is None or not flow.can_see(self._facts(ticket), actor):
+            raise TicketNotFoundError(number=number)
+        return ticket
+
+    @staticmethod
+    def _facts(ticket: Ticket) -> flow.TicketFacts:
+        return facts_of(ticket)
+
+    def _today(self) -> date:
+        return self._clock.now().astimezone(self._settings.tz).date()
+
+
+def event_view(event: TicketEvent, actor_name: str | None) -> EventView:
+    return EventView(
+        kind=event.kind,
+        at=event.at,
+        actor_name=actor_name,
+        from_state=event.from_state,
+        to_state=event.to_state,
+        note=event.note,
+        data=dict(event.data or {}),
+    )
