@@ -1,0 +1,90 @@
+"""The composition root: the one place that builds the services and the PTB Application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from telegram.ext import Application, ApplicationBuilder, ContextTypes
+from telegram.request import BaseRequest
+
+from bot.calendar import WorkCalendar, load_calendar
+from bot.clock import Clock
+from bot.config import Settings
+from bot.context import BotContext
+from bot.notify import Notifier
+from bot.services.queries import QueryService
+from bot.services.tickets import TicketService
+from storage.db import make_engine, make_session_factory
+from storage.uow import UnitOfWorkFactory
+
+
+@dataclass
+class Services:
+    """Everything the handlers and jobs call, built once per process."""
+
+    settings: Settings
+    clock: Clock
+    calendar: WorkCalendar
+    engine: AsyncEngine
+    uows: UnitOfWorkFactory
+    notifier: Notifier
+    tickets: TicketService
+    queries: QueryService
+    # --- further services are added below by build_services ---
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def build_services(
+    settings: Settings, *, clock: Clock, engine: AsyncEngine | None = None
+) -> Services:
+    """Wire the services over one engine (made from the settings unless given)."""
+    engine = engine or make_engine(settings.database_url)
+    uows = UnitOfWorkFactory(make_session_factory(engine))
+    calendar = load_calendar(settings.calendar, settings.timezone)
+    notifier = Notifier(settings, clock)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        calendar=calendar,
+        engine=engine,
+        uows=uows,
+        notifier=notifier,
+        tickets=TicketService(uows, clock, calendar, settings, notifier),
+        queries=QueryService(uows, clock),
+    )
+    return services
+
+
+def build_application(
+    settings: Settings,
+    *,
+    clock: Clock,
+    request: BaseRequest | None = None,
+    services: Services | None = None,
+    token: str | None = None,
+) -> Application[Any, Any, Any, Any, Any, Any]:
+    """The PTB Application with Qunban's handlers and jobs; updates come from our own inbox."""
+    from handlers import register
+
+    services = services or build_services(settings, clock=clock)
+    secret = token or (
+        settings.telegram_token.get_secret_value() if settings.telegram_token else "0:offline"
+    )
+    builder = (
+        ApplicationBuilder()
+        .token(secret)
+        .base_url(settings.telegram_base_url)
+        .base_file_url(settings.file_base_url)
+        .updater(None)
+        .context_types(ContextTypes(context=BotContext))
+    )
+    if request is not None:
+        builder = builder.request(request)
+    app = builder.build()
+    app.bot_data["services"] = services
+    register(app)
+    return app
