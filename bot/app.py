@@ -14,6 +14,8 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.context import BotContext
 from bot.notify import Notifier
+from bot.outbox import OutboxSender
+from bot.ratelimit import Limits, RateLimiter
 from bot.services.queries import QueryService
 from bot.services.tickets import TicketService
 from storage.db import make_engine, make_session_factory
@@ -32,6 +34,7 @@ class Services:
     notifier: Notifier
     tickets: TicketService
     queries: QueryService
+    sender: OutboxSender
     # --- further services are added below by build_services ---
 
     async def close(self) -> None:
@@ -39,9 +42,16 @@ class Services:
 
 
 def build_services(
-    settings: Settings, *, clock: Clock, engine: AsyncEngine | None = None
+    settings: Settings,
+    *,
+    clock: Clock,
+    engine: AsyncEngine | None = None,
+    limits: Limits | None = Limits(),
 ) -> Services:
-    """Wire the services over one engine (made from the settings unless given)."""
+    """Wire the services over one engine (made from the settings unless given).
+
+    `limits=None` turns off the sending limits (tests and the offline simulation).
+    """
     engine = engine or make_engine(settings.database_url)
     uows = UnitOfWorkFactory(make_session_factory(engine))
     calendar = load_calendar(settings.calendar, settings.timezone)
@@ -55,6 +65,7 @@ def build_services(
         notifier=notifier,
         tickets=TicketService(uows, clock, calendar, settings, notifier),
         queries=QueryService(uows, clock),
+        sender=OutboxSender(uows, clock, RateLimiter(limits)),
     )
     return services
 

@@ -149,6 +149,22 @@ class OrgRepository(_Repository):
     async def invite(self, code: str) -> Invite | None:
         return (await self.session.exec(select(Invite).where(Invite.code == code))).first()
 
+    async def move_chat(self, old: int, new: int) -> None:
+        """A group migrated to a supergroup: its binding, tickets and queue follow the new id."""
+        await self.session.exec(  # type: ignore[call-overload]
+            sa.update(ChatGroup).where(col(ChatGroup.chat_id) == old).values(chat_id=new)
+        )
+        await self.session.exec(  # type: ignore[call-overload]
+            sa.update(Ticket)
+            .where(col(Ticket.group_chat_id) == old)
+            .values(group_chat_id=new, card_message_id=None)
+        )
+        await self.session.exec(  # type: ignore[call-overload]
+            sa.update(Outbox)
+            .where(col(Outbox.chat_id) == old, Outbox.state == OutboxState.PENDING)
+            .values(chat_id=new, lease_until=None)
+        )
+
     async def counts(self) -> dict[str, int]:
         out = {}
         for table in (Region, Department, Enterprise, Person, ChatGroup):
