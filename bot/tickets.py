@@ -119,7 +119,9 @@ def can_see(facts: TicketFacts, actor: Actor) -> bool:
     if actor.role is Role.ENTERPRISE:
         return facts.enterprise_id == actor.enterprise_id
     if actor.role is Role.OFFICIAL:
-        return facts.department_id == actor.department_id or facts.claimant_id == actor.person_id
+        # an official with no department must not match the unassigned tickets (None == None)
+        own = facts.department_id is not None and facts.department_id == actor.department_id
+        return own or facts.claimant_id == actor.person_id
     return facts.region_id in actor.region_ids
 
 
@@ -129,7 +131,11 @@ def _plays(part: str, facts: TicketFacts, actor: Actor) -> bool:
     if actor.is_system:
         return False
     in_region = facts.region_id in actor.region_ids or actor.role is Role.ADMIN
-    dept = actor.role is Role.OFFICIAL and actor.department_id == facts.department_id
+    dept = (
+        actor.role is Role.OFFICIAL
+        and facts.department_id is not None
+        and actor.department_id == facts.department_id
+    )
     match part:
         case "org":
             return actor.role in (Role.COORDINATOR, Role.LEADER, Role.ADMIN) and in_region
@@ -156,19 +162,16 @@ def _refuse(
 
 def authorize(facts: TicketFacts, action: Action, actor: Actor) -> None:
     """Raise InvalidTransitionError unless this actor may take this action now."""
-    by_state = ALLOWED_TRANSITIONS[action]
-    parts = by_state.get(facts.state)
+    # a supervised ticket is claimable only while nobody holds it; checked before the table,
+    # which lists SUPERVISED for claim, so that a colleague cannot take it over
+    if (
+        action is Action.CLAIM
+        and facts.claimant_id is not None
+        and facts.state in (S.CLAIMED, S.SUPERVISED)
+    ):
+        raise _refuse("already_claimed", facts, action, claimant_id=facts.claimant_id)
+    parts = ALLOWED_TRANSITIONS.get(action, {}).get(facts.state)
     if parts is None:
-        if (
-            action is Action.CLAIM
-            and facts.claimant_id is not None
-            and facts.state
-            in (
-                S.CLAIMED,
-                S.SUPERVISED,
-            )
-        ):
-            raise _refuse("already_claimed", facts, action, claimant_id=facts.claimant_id)
         raise _refuse("wrong_state", facts, action)
     if any(_plays(part, facts, actor) for part in parts):
         return
