@@ -13,6 +13,7 @@ from bot.calendar import WorkCalendar, load_calendar
 from bot.clock import Clock
 from bot.config import Settings
 from bot.context import BotContext
+from bot.inbox import record_failure
 from bot.notify import Notifier
 from bot.outbox import OutboxSender
 from bot.ratelimit import Limits, RateLimiter
@@ -97,5 +98,7 @@ def build_application(
         builder = builder.request(request)
     app = builder.build()
     app.bot_data["services"] = services
+    # first of the error handlers: a failure of an update the inbox will retry stops here
+    app.add_error_handler(record_failure)
     register(app)
     return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as sa_postgresql
+from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -299,8 +301,46 @@ class InboxRepository(_Repository):
     async def get(self, update_id: int) -> InboxUpdate | None:
         return await self.session.get(InboxUpdate, update_id)
 
-    async def pending(self, limit: int = 100) -> Sequence[InboxUpdate]:
+    async def add_new(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert raw updates, ignoring update ids already stored; returns how many were new."""
+        if not rows:
+            return 0
+        dialect = self.session.bind.dialect.name  # type: ignore[union-attr]
+        insert = sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert
+        statement = insert(InboxUpdate).values(list(rows))
+        statement = statement.on_conflict_do_nothing(index_elements=["update_id"])
+        result = await self.session.exec(statement)  # type: ignore[call-overload]
+        return max(result.rowcount, 0)
+
+    async def mark_processed(self, update_id: int, at: datetime) -> bool:
+        """Mark an update processed; False when it already was (someone else did it)."""
+        result = await self.session.exec(  # type: ignore[call-overload]
+            sa.update(InboxUpdate)
+            .where(col(InboxUpdate.update_id) == update_id, ~col(InboxUpdate.processed))
+            .values(processed=True, processed_at=at)
+        )
+        return bool(result.rowcount)
+
+    async def record_failure(self, update_id: int, error: str, *, park: bool) -> bool:
+        """Count a failed attempt (and park the update); False when it was processed meanwhile."""
+        result = await self.session.exec(  # type: ignore[call-overload]
+            sa.update(InboxUpdate)
+            .where(col(InboxUpdate.update_id) == update_id, ~col(InboxUpdate.processed))
+            .values(attempts=InboxUpdate.attempts + 1, error=error, parked=park)
+        )
+        return bool(result.rowcount)
+
+    async def pending(
+        self, limit: int = 100, *, skip_chats: Collection[int] = ()
+    ) -> Sequence[InboxUpdate]:
         query = select(InboxUpdate).where(~col(InboxUpdate.processed), ~col(InboxUpdate.parked))
+        if skip_chats:
+            query = query.where(
+                sa.or_(
+                    col(InboxUpdate.chat_id).is_(None),
+                    col(InboxUpdate.chat_id).not_in(list(skip_chats)),
+                )
+            )
         return (
             await self.session.exec(
                 query.order_by(InboxUpdate.received_at, InboxUpdate.update_id).limit(limit)

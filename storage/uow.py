@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -18,11 +22,45 @@ from storage.repositories import (
     TicketRepository,
 )
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateMark:
+    """The inbox update being handled in this context; the first commit marks it processed."""
+
+    update_id: int
+    at: datetime
+    final_attempt: bool = True
+    marked: bool = False
+    closed: bool = False  # the worker is done with it; late commits leave it alone
+    commits: int = 0
+    error: BaseException | None = None
+
+
+class UpdateAlreadyProcessedError(Exception):
+    """Another worker (or an earlier run) already recorded this update's effect."""
+
+    def __init__(self, update_id: int) -> None:
+        super().__init__(f"update {update_id} was already processed")
+        self.update_id = update_id
+
+
+# Set by the inbox worker around `Application.process_update`.
+current_update: ContextVar[UpdateMark | None] = ContextVar("current_update", default=None)
+
 
 class UnitOfWork:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, readonly: bool = False):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        readonly: bool = False,
+        marks_update: bool = True,
+    ):
         self._sessions = sessions
         self._readonly = readonly
+        self._marks_update = marks_update
         self._committed = False
 
     async def __aenter__(self) -> Self:
@@ -54,8 +92,29 @@ class UnitOfWork:
         return self.session.bind.dialect.name  # type: ignore[union-attr]
 
     async def commit(self) -> None:
+        """Commit; inside an inbox update, the first commit also marks the update processed.
+
+        Raises UpdateAlreadyProcessedError (and rolls back) when the update was processed
+        elsewhere meanwhile: its effect is already in the database.
+        """
+        mark = current_update.get() if self._marks_update and not self._readonly else None
+        if mark is None or mark.closed:
+            await self.session.commit()
+            self._committed = True
+            return
+        mark.commits += 1
+        if mark.marked:
+            # the update's effect should be one transaction; say so where it is split
+            log.debug("update %s committed again after it was marked processed", mark.update_id)
+            await self.session.commit()
+            self._committed = True
+            return
+        if not await self.inbox.mark_processed(mark.update_id, mark.at):
+            await self.session.rollback()
+            raise UpdateAlreadyProcessedError(mark.update_id)
         await self.session.commit()
         self._committed = True
+        mark.marked = True
 
     async def flush(self) -> None:
         await self.session.flush()
@@ -67,5 +126,7 @@ class UnitOfWorkFactory:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.sessions, readonly=readonly)
+    def __call__(self, *, readonly: bool = False, marks_update: bool = True) -> UnitOfWork:
+        """`marks_update=False`: an idempotent side commit (a member upsert, say) that must not
+        count as the inbox update's effect."""
+        return UnitOfWork(self.sessions, readonly=readonly, marks_update=marks_update)

@@ -1,0 +1,304 @@
+"""The durable inbox: raw updates stored before they are confirmed, fed to the Application once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from telegram import Update
+from telegram.ext import Application, ApplicationHandlerStop, CallbackContext
+
+from bot.clock import Clock, SystemClock
+from storage.uow import (
+    UnitOfWork,
+    UnitOfWorkFactory,
+    UpdateAlreadyProcessedError,
+    UpdateMark,
+    current_update,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+ERROR_LIMIT = 4000  # characters of traceback kept with a failed update
+
+
+def chat_of(update: Mapping[str, Any]) -> int | None:
+    """The chat an update belongs to (its order key), or the person for chatless updates."""
+    for kind, body in update.items():
+        if kind == "update_id" or not isinstance(body, Mapping):
+            continue
+        for holder in (body, body.get("message")):
+            if isinstance(holder, Mapping) and isinstance(holder.get("chat"), Mapping):
+                return int(holder["chat"]["id"])
+        sender = body.get("from") or body.get("user")
+        if isinstance(sender, Mapping) and "id" in sender:
+            return int(sender["id"])
+    return None
+
+
+async def store_in(uow: UnitOfWork, updates: Sequence[Mapping[str, Any]], now: datetime) -> int:
+    """Add raw updates to the inbox inside `uow` (not committed); returns how many were new."""
+    rows = {}
+    for update in updates:
+        update_id = int(update["update_id"])
+        rows[update_id] = {
+            "update_id": update_id,
+            "chat_id": chat_of(update),
+            "payload": dict(update),
+            "received_at": now,
+            "processed": False,
+            "attempts": 0,
+            "parked": False,
+        }
+    return await uow.inbox.add_new(list(rows.values()))
+
+
+async def store(
+    uows: UnitOfWorkFactory,
+    updates: Sequence[Mapping[str, Any]],
+    *,
+    clock: Clock | None = None,
+) -> int:
+    """Store raw updates in one transaction (a repeated update id is ignored); returns how
+    many were new. Raises the database's error when it cannot commit: nothing is stored."""
+    if not updates:
+        return 0
+    async with uows(marks_update=False) as uow:
+        added = await store_in(uow, updates, (clock or SystemClock()).now())
+        await uow.commit()
+    return added
+
+
+def is_transient(error: BaseException) -> bool:
+    """The database (or the network to it) is away for a while: retry later, count nothing."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    transient = (
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        sa.exc.TimeoutError,
+        ConnectionError,
+        OSError,
+    )
+    return isinstance(error, transient)
+
+
+async def record_failure(update: object, context: CallbackContext[Any, Any, Any, Any]) -> None:
+    """First error handler: note a handler's failure on the update being handled.
+
+    The worker retries the update (up to MAX_ATTEMPTS) or parks it, so the other error
+    handlers (which tell the person and the admins) only hear of the final attempt; an update
+    already processed elsewhere is no error at all.
+    """
+    mark = current_update.get()
+    if mark is None or mark.closed or context.error is None:
+        return
+    mark.error = context.error
+    if mark.marked:
+        return  # the effect is committed; what failed after it is for the other handlers
+    if (
+        isinstance(context.error, UpdateAlreadyProcessedError)
+        or is_transient(context.error)
+        or not mark.final_attempt
+    ):
+        raise ApplicationHandlerStop
+
+
+@dataclass
+class WorkReport:
+    processed: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    parked: int = 0
+    parked_ids: list[int] = field(default_factory=list)
+
+
+class DatabaseAwayError(Exception):
+    """A handler hit a transient database error: the worker pauses and retries."""
+
+
+@dataclass(frozen=True)
+class _Stored:
+    update_id: int
+    chat_id: int | None
+    payload: dict[str, Any]
+    attempts: int
+
+
+class InboxWorker:
+    """Feeds stored updates to the Application in order per chat, each exactly once."""
+
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        app: Application[Any, Any, Any, Any, Any, Any],
+        clock: Clock,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        retry_after: timedelta = timedelta(seconds=1),
+        batch: int = 100,
+        on_processed: Callable[[], object] | None = None,
+    ) -> None:
+        self._uows = uows
+        self._app = app
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._retry_after = retry_after
+        self._batch = batch
+        self._on_processed = on_processed
+        # a failed update holds back its chat (or itself, when it has none) until then
+        self._held_chats: dict[int, datetime] = {}
+        self._held_updates: dict[int, datetime] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """New updates were stored: look now rather than at the next tick."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the update in hand, then let `run` return."""
+        self._stopping = True
+        self._wake.set()
+
+    async def process_pending(self) -> WorkReport:
+        """Handle every stored update that is due; a failing update holds back its chat only.
+
+        Raises DatabaseAwayError when the database is unreachable (nothing is marked).
+        """
+        report = WorkReport()
+        while not self._stopping:
+            now = self._clock.now()
+            chats = {chat for chat, when in self._held_chats.items() if when > now}
+            updates = {uid for uid, when in self._held_updates.items() if when > now}
+            rows = await self._pending(chats)
+            progressed = False
+            for row in rows:
+                if self._stopping:
+                    break
+                if row.chat_id in chats or row.update_id in updates:
+                    continue
+                if await self._handle(row, report):
+                    progressed = True
+                elif row.chat_id is not None:
+                    chats.add(row.chat_id)
+                else:
+                    updates.add(row.update_id)
+            if not progressed or len(rows) < self._batch:
+                break
+        return report
+
+    async def run(self, idle: float = 1.0) -> None:
+        """Process until `stop()`: on `wake()`, every `idle` seconds, and when a retry is due."""
+        pause = idle
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.process_pending()
+                pause = idle
+            except Exception as error:
+                pause = min(max(pause * 2, idle), 30.0)
+                if isinstance(error, DatabaseAwayError) or is_transient(error):
+                    log.warning("database unavailable (%s); retrying in %.0fs", error, pause)
+                else:
+                    log.exception("inbox worker pass failed; retrying in %.0fs", pause)
+            if self._stopping:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._next_pause(pause))
+            except TimeoutError:
+                pass
+
+    def _next_pause(self, pause: float) -> float:
+        waits = [*self._held_chats.values(), *self._held_updates.values()]
+        if not waits:
+            return pause
+        soonest = (min(waits) - self._clock.now()).total_seconds()
+        return max(0.01, min(pause, soonest))
+
+    async def _pending(self, held_chats: set[int]) -> list[_Stored]:
+        async with self._uows(readonly=True) as uow:
+            rows = await uow.inbox.pending(self._batch, skip_chats=held_chats)
+            return [_Stored(r.update_id, r.chat_id, r.payload, r.attempts) for r in rows]
+
+    async def _handle(self, row: _Stored, report: WorkReport) -> bool:
+        """True when the update is finished with (processed, already done or parked)."""
+        final = row.attempts + 1 >= self._max_attempts
+        mark = UpdateMark(row.update_id, self._clock.now(), final_attempt=final)
+        try:
+            update = Update.de_json(row.payload, self._app.bot)
+        except Exception as error:  # a payload PTB cannot read will never get better
+            return await self._failed(row, error, report, park=True)
+        token = current_update.set(mark)
+        try:
+            await self._app.process_update(update)
+        finally:
+            mark.closed = True
+            current_update.reset(token)
+        if mark.marked or isinstance(mark.error, UpdateAlreadyProcessedError):
+            return self._done(row, report, duplicate=not mark.marked)
+        if mark.error is None:
+            async with self._uows(marks_update=False) as uow:
+                fresh = await uow.inbox.mark_processed(row.update_id, mark.at)
+                await uow.commit()
+            return self._done(row, report, duplicate=not fresh)
+        if is_transient(mark.error):
+            raise DatabaseAwayError(_one_line(mark.error)) from mark.error
+        return await self._failed(row, mark.error, report, park=final)
+
+    def _done(self, row: _Stored, report: WorkReport, *, duplicate: bool) -> bool:
+        self._release(row)
+        if duplicate:
+            report.duplicates += 1
+            return True
+        report.processed += 1
+        if self._on_processed is not None:
+            self._on_processed()
+        return True
+
+    def _release(self, row: _Stored) -> None:
+        if row.chat_id is not None:
+            self._held_chats.pop(row.chat_id, None)
+        self._held_updates.pop(row.update_id, None)
+
+    async def _failed(
+        self, row: _Stored, error: BaseException, report: WorkReport, *, park: bool
+    ) -> bool:
+        text = self._describe(error)
+        async with self._uows(marks_update=False) as uow:
+            counted = await uow.inbox.record_failure(row.update_id, text, park=park)
+            await uow.commit()
+        if not counted:
+            return self._done(row, report, duplicate=True)
+        attempt = row.attempts + 1
+        if park:
+            log.error("update %s parked after %d attempts: %s", row.update_id, attempt, text)
+            self._release(row)
+            report.parked += 1
+            report.parked_ids.append(row.update_id)
+            return True
+        log.warning("update %s failed (attempt %d): %s", row.update_id, attempt, _one_line(error))
+        report.failed += 1
+        until = self._clock.now() + self._retry_after * 2 ** (attempt - 1)
+        if row.chat_id is not None:
+            self._held_chats[row.chat_id] = until
+        else:
+            self._held_updates[row.update_id] = until
+        return False
+
+    def _describe(self, error: BaseException) -> str:
+        text = "".join(traceback.format_exception(error))[-ERROR_LIMIT:]
+        token = self._app.bot.token
+        return text.replace(token, "<token>") if token else text
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]

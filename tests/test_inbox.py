@@ -1,0 +1,458 @@
+"""The inbox: stored once, processed once, marked in the same transaction as the effect."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, func, select
+from telegram import Update
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+
+from bot.app import Services, build_services
+from bot.clock import ManualClock
+from bot.config import load_settings
+from bot.inbox import DatabaseAwayError, InboxWorker, chat_of, record_failure, store
+from bot.teledouble import DoubleRequest, TeleDouble
+from storage.db import create_schema, make_engine, make_session_factory
+from storage.tables import InboxUpdate, KeyValue, Outbox, Ticket
+from storage.uow import (
+    UnitOfWorkFactory,
+    UpdateAlreadyProcessedError,
+    UpdateMark,
+    current_update,
+)
+from tests.conftest import reset_postgres
+from tests.factories import GROUP, build_org
+
+T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # a Monday, 10:00 in Shanghai
+OTHER_GROUP = -1009999999999
+App = Application[Any, Any, Any, Any, Any, Any]
+Handler = Callable[[Update, Any], Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def message(update_id: int, text: str, *, chat: int = GROUP, user: int = 7, mid: int = 0) -> dict:
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": mid or update_id,
+            "date": int(T0.timestamp()),
+            "chat": {"id": chat, "type": "supergroup", "title": "G"},
+            "from": {"id": user, "is_bot": False, "first_name": "P"},
+            "text": text,
+        },
+    }
+
+
+async def effects(uows: UnitOfWorkFactory, update_id: int | None = None) -> list[str]:
+    prefix = "effect:" if update_id is None else f"effect:{update_id}:"
+    async with uows(readonly=True) as uow:
+        query = select(KeyValue.key).where(col(KeyValue.key).startswith(prefix))
+        return list((await uow.session.exec(query)).all())
+
+
+async def add_effect(uows: UnitOfWorkFactory, update_id: int) -> None:
+    """A deliberately non-idempotent effect: every run adds a row of its own."""
+    async with uows() as uow:
+        key = f"effect:{update_id}:{uuid.uuid4().hex}"
+        uow.schedule.add(KeyValue(key=key, value={}, updated_at=T0))
+        await uow.commit()
+
+
+async def inbox_row(uows: UnitOfWorkFactory, update_id: int) -> InboxUpdate:
+    async with uows(readonly=True) as uow:
+        row = await uow.inbox.get(update_id)
+        assert row is not None
+        uow.session.expunge(row)  # kept readable after the read-only unit of work ends
+        return row
+
+
+async def count(uows: UnitOfWorkFactory, table: Any) -> int:
+    async with uows(readonly=True) as uow:
+        return (await uow.session.exec(select(func.count()).select_from(table))).one()
+
+
+class Harness:
+    """A bare Application over the in-process double, with handlers the test chooses."""
+
+    def __init__(self, uows: UnitOfWorkFactory, clock: ManualClock, services: Services):
+        self.uows, self.clock, self.services = uows, clock, services
+        self.double = TeleDouble(clock=clock)
+        self.app: App = (
+            ApplicationBuilder()
+            .token(self.double.token)
+            .request(DoubleRequest(self.double))
+            .updater(None)
+            .context_types(ContextTypes())
+            .build()
+        )
+        self.app.add_error_handler(record_failure)
+        self.seen: list[tuple[int, int]] = []  # (chat, update id) in the order handled
+        self.final_errors: list[BaseException] = []
+        self.app.add_error_handler(self._collect)
+
+    async def _collect(self, update: object, context: Any) -> None:
+        self.final_errors.append(context.error)
+
+    def on_text(self, callback: Handler) -> None:
+        async def handler(update: Update, context: Any) -> None:
+            self.seen.append((update.effective_chat.id, update.update_id))
+            await callback(update, context)
+
+        self.app.add_handler(MessageHandler(filters.TEXT, handler))
+
+    def worker(self, **kwargs: Any) -> InboxWorker:
+        return InboxWorker(self.uows, self.app, self.clock, **kwargs)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+async def services(engine: AsyncEngine, clock: ManualClock) -> Services:
+    settings = load_settings(calendar="24x7", report_limit_per_hour=10_000)
+    return build_services(settings, clock=clock, engine=engine, limits=None)
+
+
+@pytest.fixture
+async def harness(uows, clock, services) -> AsyncIterator[Harness]:
+    h = Harness(uows, clock, services)
+    async with h.app:
+        yield h
+
+
+def reporting(h: Harness) -> Handler:
+    """Files each text as a report through the real ticket service."""
+
+    async def report(update: Update, context: Any) -> None:
+        msg = update.effective_message
+        await h.services.tickets.report(
+            update.effective_user.id, msg.text, chat_id=msg.chat_id, message_id=msg.message_id
+        )
+
+    return report
+
+
+# --------------------------------------------------------------------------- storing
+
+
+async def test_storing_an_update_twice_keeps_one_row(uows, clock):
+    update = message(10, "hello")
+    assert await store(uows, [update], clock=clock) == 1
+    assert await store(uows, [update, message(11, "again")], clock=clock) == 1
+    assert await count(uows, InboxUpdate) == 2
+    row = await inbox_row(uows, 10)
+    assert (row.chat_id, row.payload, row.processed, row.received_at) == (GROUP, update, False, T0)
+
+
+async def test_ten_concurrent_copies_of_a_batch_store_it_once(tmp_path: Path, clock):
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    await create_schema(engine)
+    uows = UnitOfWorkFactory(make_session_factory(engine))
+    batch = [message(i, f"m{i}") for i in range(1, 51)]
+    try:
+        added = await asyncio.gather(*(store(uows, batch, clock=clock) for _ in range(10)))
+        assert sorted(added) == [0] * 9 + [50]
+        assert await count(uows, InboxUpdate) == 50
+    finally:
+        await engine.dispose()
+
+
+def test_the_order_key_is_the_chat_or_else_the_person():
+    msg = message(1, "x", chat=-100123)
+    query = {"id": "q", "from": {"id": 5}, "message": msg["message"]}
+    press = {"update_id": 2, "callback_query": query}
+    inline = {"update_id": 3, "callback_query": {"id": "q", "from": {"id": 5}, "data": "d"}}
+    member = {"update_id": 4, "my_chat_member": {"chat": {"id": -100777}, "from": {"id": 5}}}
+    assert [chat_of(u) for u in (msg, press, inline, member)] == [-100123] * 2 + [5, -100777]
+    assert chat_of({"update_id": 5, "poll": {"id": "p", "options": []}}) is None
+
+
+# --------------------------------------------------------------------------- the mark
+
+
+async def test_a_commit_inside_an_update_marks_it_processed_in_the_same_transaction(uows, clock):
+    await store(uows, [message(20, "x")], clock=clock)
+    mark = UpdateMark(20, clock.now())
+    token = current_update.set(mark)
+    try:
+        await add_effect(uows, 20)
+    finally:
+        current_update.reset(token)
+    row = await inbox_row(uows, 20)
+    assert mark.marked
+    assert row.processed
+    assert row.processed_at == T0
+    assert len(await effects(uows, 20)) == 1
+
+
+async def test_a_commit_that_fails_leaves_the_update_unprocessed(uows, clock):
+    await store(uows, [message(21, "x")], clock=clock)
+    await add_effect(uows, 999)
+    [taken] = await effects(uows, 999)
+    token = current_update.set(UpdateMark(21, clock.now()))
+    try:
+        async with uows() as uow:
+            uow.schedule.add(KeyValue(key="effect:21:a", value={}, updated_at=T0))
+            uow.schedule.add(KeyValue(key=taken, value={}, updated_at=T0))  # duplicate key
+            with pytest.raises(sa.exc.IntegrityError):
+                await uow.commit()
+    finally:
+        current_update.reset(token)
+    assert not (await inbox_row(uows, 21)).processed
+    assert await effects(uows, 21) == []
+
+
+async def test_a_later_commit_in_the_same_update_does_not_mark_again(uows, clock):
+    await store(uows, [message(22, "x")], clock=clock)
+    mark = UpdateMark(22, clock.now())
+    token = current_update.set(mark)
+    try:
+        await add_effect(uows, 22)
+        await add_effect(uows, 22)
+    finally:
+        current_update.reset(token)
+    assert mark.commits == 2
+    assert len(await effects(uows, 22)) == 2
+
+
+async def test_a_commit_for_an_update_processed_elsewhere_rolls_back(uows, clock):
+    await store(uows, [message(23, "x")], clock=clock)
+    async with uows() as uow:
+        assert await uow.inbox.mark_processed(23, clock.now())
+        await uow.commit()
+    token = current_update.set(UpdateMark(23, clock.now()))
+    try:
+        with pytest.raises(UpdateAlreadyProcessedError):
+            await add_effect(uows, 23)
+    finally:
+        current_update.reset(token)
+    assert await effects(uows, 23) == []
+
+
+async def test_read_only_and_unmarked_units_of_work_leave_the_update_alone(uows, clock):
+    await store(uows, [message(24, "x")], clock=clock)
+    token = current_update.set(UpdateMark(24, clock.now()))
+    try:
+        async with uows(marks_update=False) as uow:
+            uow.schedule.add(KeyValue(key="effect:24:side", value={}, updated_at=T0))
+            await uow.commit()
+    finally:
+        current_update.reset(token)
+    assert not (await inbox_row(uows, 24)).processed
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+async def test_the_worker_handles_each_update_once_in_order_per_chat(harness, uows, clock):
+    async def effect(update: Update, context: Any) -> None:
+        await add_effect(uows, update.update_id)
+
+    harness.on_text(effect)
+    ids = [101, 102, 103, 104, 105, 1, 2, 3]  # update ids jumped down between the batches
+    updates = [message(i, "x", chat=GROUP if i % 2 else OTHER_GROUP) for i in ids]
+    await store(uows, updates[:5], clock=clock)
+    clock.advance(timedelta(seconds=1))
+    await store(uows, updates[5:], clock=clock)
+    report = await harness.worker().process_pending()
+    again = await harness.worker().process_pending()
+    assert (report.processed, again.processed) == (8, 0)
+    assert [u for c, u in harness.seen if c == GROUP] == [101, 103, 105, 1, 3]
+    assert [u for c, u in harness.seen if c == OTHER_GROUP] == [102, 104, 2]
+    for i in ids:
+        assert len(await effects(uows, i)) == 1
+        assert (await inbox_row(uows, i)).processed
+    assert harness.final_errors == []
+
+
+async def test_an_update_no_handler_changes_anything_for_is_marked_processed(harness, uows, clock):
+    harness.on_text(lambda update, context: asyncio.sleep(0))
+    await store(uows, [message(30, "just chatting")], clock=clock)
+    report = await harness.worker().process_pending()
+    assert report.processed == 1
+    assert (await inbox_row(uows, 30)).processed
+
+
+async def test_the_same_report_delivered_twice_is_one_ticket(harness, uows, clock, services):
+    org = await build_org(uows)
+    harness.on_text(reporting(harness))
+    update = message(40, "发票开不出来 #问题", user=org["beta_boss"])
+    await store(uows, [update], clock=clock)
+    await store(uows, [update], clock=clock)
+    worker = harness.worker()
+    assert (await worker.process_pending()).processed == 1
+    outbox = await count(uows, Outbox)
+    await store(uows, [update], clock=clock)
+    assert (await worker.process_pending()).processed == 0
+    assert await count(uows, Ticket) == 1
+    assert await count(uows, Outbox) == outbox > 0
+    assert harness.final_errors == []
+
+
+async def test_a_handler_failing_five_times_parks_the_update_with_its_error(harness, uows, clock):
+    calls: list[int] = []
+
+    async def flaky(update: Update, context: Any) -> None:
+        calls.append(update.update_id)
+        if update.update_id == 50:
+            raise RuntimeError("the printer is on fire")
+        await add_effect(uows, update.update_id)
+
+    harness.on_text(flaky)
+    await store(
+        uows, [message(50, "x"), message(51, "x"), message(52, "x", chat=OTHER_GROUP)], clock=clock
+    )
+    worker = harness.worker(retry_after=timedelta(seconds=10))
+    first = await worker.process_pending()
+    assert (first.failed, first.processed) == (1, 1)  # 52 went on; 51 waits behind 50
+    assert calls == [50, 52]
+    assert (await worker.process_pending()).failed == 0  # held: nothing is due yet
+    for attempt in range(2, 6):
+        clock.advance(timedelta(seconds=10 * 2 ** (attempt - 2)))
+        report = await worker.process_pending()
+        assert calls.count(50) == attempt
+    assert report.parked_ids == [50]
+    assert report.processed == 1
+    row = await inbox_row(uows, 50)
+    assert row.parked
+    assert not row.processed
+    assert row.attempts == 5
+    assert "the printer is on fire" in row.error
+    assert "Traceback" in row.error
+    assert len(await effects(uows, 51)) == 1
+    # the other error handlers heard of the final attempt only
+    assert [str(e) for e in harness.final_errors] == ["the printer is on fire"]
+    async with uows(readonly=True) as uow:
+        assert [p.update_id for p in await uow.inbox.parked()] == [50]
+    clock.advance(timedelta(days=1))
+    assert (await worker.process_pending()).processed == 0  # parked stays parked
+
+
+async def test_an_unreadable_payload_is_parked_at_once(harness, uows, clock):
+    await store(uows, [{"update_id": 60, "message": {"chat": {"id": 1}}}], clock=clock)
+    report = await harness.worker().process_pending()
+    assert report.parked_ids == [60]
+    assert (await inbox_row(uows, 60)).attempts == 1
+
+
+async def test_a_database_outage_in_a_handler_counts_nothing_and_is_retried(harness, uows, clock):
+    outage = [True]
+
+    async def effect(update: Update, context: Any) -> None:
+        if outage[0]:
+            raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("db down"))
+        await add_effect(uows, update.update_id)
+
+    harness.on_text(effect)
+    await store(uows, [message(70, "x")], clock=clock)
+    worker = harness.worker()
+    for _ in range(7):
+        with pytest.raises(DatabaseAwayError):
+            await worker.process_pending()
+    row = await inbox_row(uows, 70)
+    assert (row.processed, row.attempts, row.parked) == (False, 0, False)
+    outage[0] = False
+    assert (await worker.process_pending()).processed == 1
+    assert len(await effects(uows, 70)) == 1
+    assert harness.final_errors == []
+
+
+# --------------------------------------------------------------------------- A3: replays
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def shared_engine(request, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A database several connections really share (an in-memory SQLite has one)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+        await reset_postgres(url)
+    engine = make_engine(url)
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def test_replayed_shuffled_and_concurrent_copies_make_no_duplicates(shared_engine, clock):
+    """RELIABILITY A3: twice, shuffled, 10 copies at once, 10 workers at once."""
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    settings = load_settings(calendar="24x7", report_limit_per_hour=10_000)
+    services = build_services(settings, clock=clock, engine=shared_engine, limits=None)
+    org = await build_org(uows)
+    h = Harness(uows, clock, services)
+    reporters = [org["beta_boss"], org["acme_boss"], org["gamma_boss"]]
+
+    async def handle(update: Update, context: Any) -> None:
+        if update.effective_message.text.startswith("effect"):
+            await add_effect(uows, update.update_id)
+        else:
+            await reporting(h)(update, context)
+
+    h.on_text(handle)
+    updates = [
+        message(1000 + i, f"effect {i}" if i % 2 else f"税务 问题 {i}", user=reporters[i % 3])
+        for i in range(40)
+    ]
+    shuffled = random.Random(7).sample(updates, len(updates))
+    async with h.app:
+        await store(uows, updates, clock=clock)
+        await store(uows, updates, clock=clock)
+        await asyncio.gather(*(store(uows, [u], clock=clock) for u in shuffled))
+        await asyncio.gather(*(store(uows, shuffled, clock=clock) for _ in range(10)))
+        workers = [h.worker(batch=7) for _ in range(10)]
+        reports = await asyncio.gather(*(w.process_pending() for w in workers))
+        replay = await h.worker().process_pending()
+    assert await count(uows, InboxUpdate) == 40
+    assert sum(r.duplicates for r in reports) > 0  # the workers did race for the same updates
+    assert sum(r.processed for r in reports) == 40
+    assert replay.processed == 0
+    assert await count(uows, Ticket) == 20
+    assert len(await effects(uows)) == 20
+    async with uows(readonly=True) as uow:
+        cards = await uow.session.exec(
+            select(Outbox.ticket_id, func.count())
+            .where(col(Outbox.is_card))
+            .group_by(Outbox.ticket_id)
+        )
+        assert sorted(n for _, n in cards.all()) == [1] * 20
+    errors = [e for e in h.final_errors if not isinstance(e, sa.exc.IntegrityError)]
+    assert errors == []
+
+
+async def test_run_processes_on_wake_and_stops_after_the_update_in_hand(shared_engine, clock):
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    harness = Harness(uows, clock, None)  # type: ignore[arg-type]
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(update: Update, context: Any) -> None:
+        started.set()
+        await release.wait()
+        await add_effect(uows, update.update_id)
+
+    harness.on_text(slow)
+    worker = harness.worker()
+    async with harness.app:
+        task = asyncio.create_task(worker.run(idle=60))
+        await store(uows, [message(80, "x"), message(81, "x")], clock=clock)
+        worker.wake()
+        await asyncio.wait_for(started.wait(), 5)
+        worker.stop()
+        release.set()
+        await asyncio.wait_for(task, 5)
+    assert (await inbox_row(uows, 80)).processed
+    assert not (await inbox_row(uows, 81)).processed
