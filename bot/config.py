@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     listen_host: str = Field("127.0.0.1", description="Address the HTTP listener binds.")
     listen_port: int = Field(8080, description="Port of the webhook / health listener.")
     ops_chat_id: int | None = Field(None, description="Chat the admins' alerts go to.")
+    outbox_alert_after: timedelta = Field(
+        timedelta(minutes=15),
+        description="Tell the ops chat when a message has waited this long to be sent.",
+    )
     log_format: str = Field("text", description="text or json.")
     log_level: str = Field("INFO", description="Logging level.")
 
@@ -101,6 +105,11 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("outbox_alert_after", mode="before")
+    @classmethod
+    def _alert_after(cls, value: object) -> timedelta:
         return parse_duration(value)
 
     @field_validator("timezone")
