@@ -175,8 +175,15 @@ class OrgRepository(_Repository):
         return out
 
 
+# ticket ids are INTEGER columns: a larger number typed by someone is no ticket, and must not
+# reach PostgreSQL, which refuses it as out of range instead of finding nothing
+MAX_TICKET_ID = 2**31 - 1
+
+
 class TicketRepository(_Repository):
     async def get(self, ticket_id: int, *, for_update: bool = False) -> Ticket | None:
+        if not 0 < ticket_id <= MAX_TICKET_ID:
+            return None
         query = select(Ticket).where(Ticket.id == ticket_id)
         if for_update:
             query = query.with_for_update()
