@@ -16,7 +16,9 @@ from bot.context import BotContext
 from bot.inbox import record_failure
 from bot.notify import Notifier
 from bot.outbox import OutboxSender
+from bot.persistence import DbPersistence
 from bot.ratelimit import Limits, RateLimiter
+from bot.services.people import PeopleService
 from bot.services.queries import QueryService
 from bot.services.tickets import TicketService
 from storage.db import make_engine, make_session_factory
@@ -36,6 +38,7 @@ class Services:
     tickets: TicketService
     queries: QueryService
     sender: OutboxSender
+    people: PeopleService
     # --- further services are added below by build_services ---
 
     async def close(self) -> None:
@@ -67,6 +70,7 @@ def build_services(
         tickets=TicketService(uows, clock, calendar, settings, notifier),
         queries=QueryService(uows, clock),
         sender=OutboxSender(uows, clock, RateLimiter(limits)),
+        people=PeopleService(uows, clock),
     )
     return services
 
@@ -93,6 +97,8 @@ def build_application(
         .base_file_url(settings.file_base_url)
         .updater(None)
         .context_types(ContextTypes(context=BotContext))
+        # the private /report conversation and its draft survive a restart
+        .persistence(DbPersistence(services.uows, clock))
     )
     if request is not None:
         builder = builder.request(request)

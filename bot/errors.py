@@ -50,3 +50,9 @@ class RateLimitedError(QunbanError):
 
 class SeedError(QunbanError):
     code = "seed"
+
+
+class InviteError(QunbanError):
+    """An invite that cannot be redeemed or made: unknown, used, expired, a bad scope."""
+
+    code = "invite"

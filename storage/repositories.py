@@ -397,3 +397,14 @@ class ScheduleRepository(_Repository):
         else:
             row.value = value
             row.updated_at = now
+
+    async def values_with_prefix(self, prefix: str) -> Sequence[KeyValue]:
+        """Every small fact whose key starts with the prefix (conversation states, drafts)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = select(KeyValue).where(col(KeyValue.key).like(f"{escaped}%", escape="\\"))
+        return (await self.session.exec(query.order_by(KeyValue.key))).all()
+
+    async def delete_value(self, key: str) -> None:
+        row = await self.session.get(KeyValue, key)
+        if row is not None:
+            await self.session.delete(row)
