@@ -49,7 +49,7 @@ async def preflight(settings: Settings) -> None:
     on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
     if on_disk and not Path(url.database).exists():  # noqa: ASYNC240 (once, before anything runs)
         raise StartupError(f"no database file {url.database}: run `qunban db upgrade` first")
-    engine = make_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    engine = make_engine(settings.database_url)
     try:
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
