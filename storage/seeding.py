@@ -58,11 +58,11 @@ async def load_seed(uows: UnitOfWorkFactory, path: Path) -> SeedReport:
     """
     seed = read_seed(path)
     async with uows() as uow:
-        loader = _Loader(uow.session, path)
-        report = await loader.load(seed)
         try:
+            report = await _Loader(uow.session, path).load(seed)
             await uow.commit()
         except sa.exc.IntegrityError as error:
+            # a row changed under us since the checks, by another writer
             detail = " ".join(str(error.orig).split())
             raise SeedError(f"{path}: the database refused the seed: {detail}") from None
     return report
@@ -157,7 +157,9 @@ class _Loader:
                 values["language"] = entry.language
             if entry.username is not None:
                 values["username"] = entry.username
-            await self._put(rows, Person, "telegram_id", entry.telegram_id, values, counts)
+            await self._put(
+                rows, Person, "telegram_id", entry.telegram_id, values, counts, referenced=False
+            )
         return counts.tally()
 
     async def _groups(self, seed: SeedFile) -> Tally:
@@ -170,7 +172,9 @@ class _Loader:
             }
             if entry.language is not None:
                 values["language"] = entry.language
-            await self._put(rows, ChatGroup, "chat_id", entry.chat_id, values, counts)
+            await self._put(
+                rows, ChatGroup, "chat_id", entry.chat_id, values, counts, referenced=False
+            )
         return counts.tally()
 
     async def _existing(self, column: Any, keys: Iterable[Any]) -> dict[Any, Any]:
@@ -189,12 +193,15 @@ class _Loader:
         value: Any,
         values: dict[str, Any],
         counts: _Counts,
+        *,
+        referenced: bool = True,
     ) -> Any:
         row = rows.get(value)
         if row is None:
             row = table(**{key: value}, **values)
             self.session.add(row)
-            await self.session.flush()  # its id is needed by the rows that point at it
+            if referenced:  # later rows point at its id
+                await self.session.flush()
             counts.created += 1
             return row
         changed = {name: new for name, new in values.items() if getattr(row, name) != new}

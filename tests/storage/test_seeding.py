@@ -211,6 +211,14 @@ def _append(section: str, index: int, **changes: Any) -> Callable[[dict[str, Any
     return change
 
 
+def _above_east_nothing(document: dict[str, Any]) -> None:
+    """A town under east, listed first, and east under a region nobody defined."""
+    document["regions"][1]["parent"] = "inner_mongolia"
+    document["regions"].insert(
+        0, {"code": "town", "name": "镇", "level": "county", "parent": "east"}
+    )
+
+
 _DROP = object()
 BAD_CHECK = make_code("91150200MA0N00001")[:-1] + "0"
 
@@ -235,6 +243,8 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None] | str, str]] = [
      "enterprises[1] (e002): unknown region west"),
     ("unknown-parent", _set("regions", 1, parent="inner_mongolia"),
      "regions[1] (east): unknown parent region inner_mongolia"),
+    ("unknown-grandparent", _above_east_nothing,
+     "regions[2] (east): unknown parent region inner_mongolia"),
     ("unknown-department", _set("people", 0, department="police"),
      "people[0] (1001): unknown department police"),
     ("unknown-enterprise", _set("people", 1, enterprise="e999"),
@@ -431,7 +441,7 @@ def _damage_text(data: st.DataObject, text: str) -> str:
 
 
 @settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
