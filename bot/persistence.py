@@ -40,9 +40,9 @@ class DbPersistence(BasePersistence[dict[Any, Any], dict[Any, Any], dict[Any, An
         prefix = _CONVERSATION.format(name=name)
         async with self._uows(readonly=True) as uow:
             rows = await uow.schedule.values_with_prefix(prefix)
-        return {
-            tuple(json.loads(row.key.removeprefix(prefix))): row.value["state"] for row in rows
-        }
+            return {
+                tuple(json.loads(row.key.removeprefix(prefix))): row.value["state"] for row in rows
+            }
 
     async def update_conversation(
         self, name: str, key: ConversationKey, new_state: object | None
@@ -53,7 +53,7 @@ class DbPersistence(BasePersistence[dict[Any, Any], dict[Any, Any], dict[Any, An
     async def get_user_data(self) -> dict[int, dict[Any, Any]]:
         async with self._uows(readonly=True) as uow:
             rows = await uow.schedule.values_with_prefix(_USER)
-        return {int(row.key.removeprefix(_USER)): dict(row.value) for row in rows}
+            return {int(row.key.removeprefix(_USER)): dict(row.value) for row in rows}
 
     async def update_user_data(self, user_id: int, data: dict[Any, Any]) -> None:
         # most people never leave a draft: store nothing rather than an empty row for each

@@ -101,9 +101,9 @@ class Harness:
         assert len(found) == 1, found
         return found[0]
 
-    def card(self, number: int) -> JSON:
+    def card(self, number: int, chat: int = GROUP) -> JSON:
         """The ticket's live card as the group shows it now."""
-        for message in self.double.messages_in(GROUP, from_bot=True):
+        for message in self.double.messages_in(chat, from_bot=True):
             if message.get("text", "").startswith(f"#{number} "):
                 return message
         raise AssertionError(f"no card for #{number}")
