@@ -363,6 +363,7 @@ def by(name: str, method: str, *args: Any) -> Call:
     async def call(tickets: TicketService, flow: Flow, number: int) -> Any:
         return await getattr(tickets, method)(flow.org[name], number, *args)
 
+    call.__qualname__ = f"{method.rstrip('_')}_by_{name}"
     return call
 
 
@@ -414,12 +415,15 @@ async def test_a_refused_move_changes_neither_the_ticket_nor_its_events(
 @pytest.mark.parametrize(
     "call",
     [
-        by("gamma_boss", "withdraw"),
-        by("gamma_boss", "rate", "satisfied"),
-        by("market_head", "claim"),
-        by("market_head", "resolve", "done"),
-        by("west_leader", "supervise", "x"),
-        by("east_coord", "transfer", "market"),
+        pytest.param(call, id=call.__qualname__)
+        for call in (
+            by("gamma_boss", "withdraw"),
+            by("gamma_boss", "rate", "satisfied"),
+            by("market_head", "claim"),
+            by("market_head", "resolve", "done"),
+            by("west_leader", "supervise", "x"),
+            by("east_coord", "transfer", "market"),
+        )
     ],
 )
 async def test_someone_elses_ticket_and_no_ticket_look_exactly_the_same(tickets, flow, call):
