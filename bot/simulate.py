@@ -66,8 +66,12 @@ def load_scenario(path: Path, tz: ZoneInfo) -> Scenario:
     """Read and check a scenario file before anything runs."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ScenarioError(f"{path}: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise ScenarioError(f"{path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"{path}{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         raise ScenarioError(f"{path}: needs a mapping with a list of steps")
 

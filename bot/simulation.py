@@ -86,6 +86,7 @@ class Simulation:
                 clock=self.clock,
                 request=DoubleRequest(self.double),
                 services=services,
+                token=self.double.token,
             )
             async with app:
                 await self._run(app, services)
