@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,9 +15,11 @@ from bot.config import Settings
 from bot.context import BotContext
 from bot.inbox import record_failure
 from bot.notify import Notifier
+from bot.ops import Ops
 from bot.outbox import OutboxSender
 from bot.persistence import DbPersistence
 from bot.ratelimit import Limits, RateLimiter
+from bot.services.admin import AdminService
 from bot.services.people import PeopleService
 from bot.services.queries import QueryService
 from bot.services.tickets import TicketService
@@ -40,6 +42,8 @@ class Services:
     sender: OutboxSender
     people: PeopleService
     # --- further services are added below by build_services ---
+    ops: Ops = field(init=False)  # heartbeats, health and metrics
+    admin: AdminService = field(init=False)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -72,6 +76,8 @@ def build_services(
         sender=OutboxSender(uows, clock, RateLimiter(limits)),
         people=PeopleService(uows, clock),
     )
+    services.ops = Ops(settings, clock, uows, services.sender, engine=engine.dialect.name)
+    services.admin = AdminService(services)
     return services
 
 
