@@ -15,13 +15,14 @@ from bot.config import Settings
 from bot.context import BotContext
 from bot.inbox import record_failure
 from bot.notify import Notifier
-from bot.ops import Ops
 from bot.outbox import OutboxSender
 from bot.persistence import DbPersistence
 from bot.ratelimit import Limits, RateLimiter
-from bot.services.admin import AdminService
+from bot.services.digests import DigestService
+from bot.services.nudges import NudgeService
 from bot.services.people import PeopleService
 from bot.services.queries import QueryService
+from bot.services.records import RecordService
 from bot.services.tickets import TicketService
 from storage.db import make_engine, make_session_factory
 from storage.uow import UnitOfWorkFactory
@@ -42,8 +43,9 @@ class Services:
     sender: OutboxSender
     people: PeopleService
     # --- further services are added below by build_services ---
-    ops: Ops = field(init=False)  # heartbeats, health and metrics
-    admin: AdminService = field(init=False)
+    nudges: NudgeService = field(init=False)  # the idle scan: the escalation ladder
+    digests: DigestService = field(init=False)  # the leaders' daily digest
+    records: RecordService = field(init=False)  # /stats and /record
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -76,8 +78,9 @@ def build_services(
         sender=OutboxSender(uows, clock, RateLimiter(limits)),
         people=PeopleService(uows, clock),
     )
-    services.ops = Ops(settings, clock, uows, services.sender, engine=engine.dialect.name)
-    services.admin = AdminService(services)
+    services.nudges = NudgeService(uows, clock, calendar, settings, notifier, services.tickets)
+    services.digests = DigestService(uows, clock, calendar, settings, notifier)
+    services.records = RecordService(uows, clock, calendar, settings)
     return services
 
 

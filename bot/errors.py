@@ -56,3 +56,9 @@ class InviteError(QunbanError):
     """An invite that cannot be redeemed or made: unknown, used, expired, a bad scope."""
 
     code = "invite"
+
+
+class LeadersOnlyError(QunbanError):
+    """Digests, rankings and records are for leaders (and admins) only."""
+
+    code = "leaders_only"

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -246,6 +247,121 @@ class TicketRepository(_Repository):
             await self.session.exec(query.order_by(Ticket.last_activity_at).limit(limit))
         ).all()
 
+    # ---- the idle scan and the digest: narrow rows and aggregates, never whole histories ----
+
+    async def scan_page(
+        self, idle_before: datetime, now: datetime, after_id: int, limit: int
+    ) -> Sequence[Any]:
+        """Open tickets idle since before a moment or past their due time, as narrow rows
+        (id, state, claimant_id, last_activity_at, due_at, supervised_at, resolved_at) in id
+        order after `after_id` (keyset paging over the state indexes)."""
+        query = (
+            select(  # type: ignore[call-overload]
+                Ticket.id,
+                Ticket.state,
+                Ticket.claimant_id,
+                Ticket.last_activity_at,
+                Ticket.due_at,
+                Ticket.supervised_at,
+                Ticket.resolved_at,
+            )
+            .where(
+                col(Ticket.state).in_(list(OPEN_STATES)),
+                col(Ticket.id) > after_id,
+                sa.or_(col(Ticket.last_activity_at) <= idle_before, col(Ticket.due_at) <= now),
+            )
+            .order_by(col(Ticket.id))
+            .limit(limit)
+        )
+        return (await self.session.exec(query)).all()
+
+    async def claim_for_work(self, ticket_id: int) -> Ticket | None:
+        """The ticket locked for this transaction, or None while another worker holds it
+        (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer at a time anyway)."""
+        query = select(Ticket).where(Ticket.id == ticket_id).with_for_update(skip_locked=True)
+        return (await self.session.exec(query)).first()
+
+    async def state_counts(self, region_ids: Sequence[int]) -> dict[str, int]:
+        """How many of the regions' tickets are in each open state (one GROUP BY)."""
+        query = (
+            select(Ticket.state, sa.func.count())  # type: ignore[call-overload]
+            .where(col(Ticket.region_id).in_(region_ids), col(Ticket.state).in_(list(OPEN_STATES)))
+            .group_by(Ticket.state)
+        )
+        return {str(state): n for state, n in (await self.session.exec(query)).all()}
+
+    async def overdue_rows(
+        self,
+        region_ids: Sequence[int],
+        now: datetime,
+        *,
+        department_id: int | None = None,
+        claimant_id: int | None = None,
+        limit: int = 20,
+    ) -> Sequence[Any]:
+        """Unresolved open tickets past their due time, the longest overdue first, as rows
+        (id, summary, department name, claimant name, due_at, last_activity_at)."""
+        claimant = aliased(Person)
+        query = (
+            select(  # type: ignore[call-overload]
+                Ticket.id,
+                Ticket.summary,
+                col(Department.name).label("department_name"),
+                col(claimant.name).label("claimant_name"),
+                Ticket.due_at,
+                Ticket.last_activity_at,
+            )
+            .join(Department, col(Department.id) == Ticket.department_id, isouter=True)
+            .join(claimant, col(claimant.id) == Ticket.claimant_id, isouter=True)
+            .where(
+                col(Ticket.region_id).in_(region_ids),
+                col(Ticket.state).in_(list(OPEN_STATES - {TicketState.RESOLVED})),
+                col(Ticket.due_at) < now,
+            )
+        )
+        if department_id is not None:
+            query = query.where(Ticket.department_id == department_id)
+        if claimant_id is not None:
+            query = query.where(Ticket.claimant_id == claimant_id)
+        query = query.order_by(col(Ticket.due_at), col(Ticket.id)).limit(limit)
+        return (await self.session.exec(query)).all()
+
+    async def overdue_counts(self, region_ids: Sequence[int], now: datetime) -> dict[int, int]:
+        """Unresolved open tickets past their due time, per department (one GROUP BY)."""
+        query = (
+            select(Ticket.department_id, sa.func.count())  # type: ignore[call-overload]
+            .where(
+                col(Ticket.region_id).in_(region_ids),
+                col(Ticket.state).in_(list(OPEN_STATES - {TicketState.RESOLVED})),
+                col(Ticket.due_at) < now,
+            )
+            .group_by(Ticket.department_id)
+        )
+        return {d: n for d, n in (await self.session.exec(query)).all() if d is not None}
+
+    async def open_reports(self, region_ids: Sequence[int], limit: int = 5000) -> Sequence[Any]:
+        """Unresolved open tickets, newest first, as rows (id, department_id, enterprise_id,
+        summary, state, claimant_id, assigned_at, due_at)."""
+        query = (
+            select(  # type: ignore[call-overload]
+                Ticket.id,
+                Ticket.department_id,
+                Ticket.enterprise_id,
+                Ticket.summary,
+                Ticket.state,
+                Ticket.claimant_id,
+                Ticket.assigned_at,
+                Ticket.due_at,
+            )
+            .where(
+                col(Ticket.region_id).in_(region_ids),
+                col(Ticket.state).in_(list(OPEN_STATES - {TicketState.RESOLVED})),
+            )
+            .order_by(col(Ticket.id).desc())
+            .limit(limit)
+        )
+        return (await self.session.exec(query)).all()
+
 
 class EventRepository(_Repository):
     async def of_ticket(self, ticket_id: int) -> Sequence[TicketEvent]:
@@ -263,6 +379,64 @@ class EventRepository(_Repository):
             TicketEvent.at >= start, TicketEvent.at < end, col(TicketEvent.kind).in_(kinds)
         )
         return (await self.session.exec(query.order_by(TicketEvent.id))).all()
+
+    async def window_events(
+        self, start: datetime, end: datetime, kinds: Sequence[str], region_ids: Sequence[int]
+    ) -> Sequence[Any]:
+        """Events of some kinds in [start, end) on the regions' tickets (time-bounded, over
+        ix_event_kind_at), as rows (ticket_id, kind, to_state, at, actor_id, actor's
+        department_id, data, ticket's department_id, ticket's claimant_id)."""
+        actor = aliased(Person)
+        query = (
+            select(  # type: ignore[call-overload]
+                TicketEvent.ticket_id,
+                TicketEvent.kind,
+                TicketEvent.to_state,
+                TicketEvent.at,
+                TicketEvent.actor_id,
+                col(actor.department_id).label("actor_department_id"),
+                TicketEvent.data,
+                col(Ticket.department_id).label("ticket_department_id"),
+                col(Ticket.claimant_id).label("ticket_claimant_id"),
+            )
+            .join(Ticket, col(Ticket.id) == TicketEvent.ticket_id)
+            .join(actor, col(actor.id) == TicketEvent.actor_id, isouter=True)
+            .where(
+                TicketEvent.at >= start,
+                TicketEvent.at < end,
+                col(TicketEvent.kind).in_(kinds),
+                col(Ticket.region_id).in_(region_ids),
+            )
+            .order_by(col(TicketEvent.id))
+        )
+        return (await self.session.exec(query)).all()
+
+    async def tickets_with_event(
+        self, kind: str, start: datetime, end: datetime, region_ids: Sequence[int]
+    ) -> Sequence[Any]:
+        """The regions' tickets with an event of this kind in [start, end), as rows (id,
+        department_id, state, assigned_at, claimed_at, resolved_at, due_at, promised_date)."""
+        query = (
+            select(  # type: ignore[call-overload]
+                Ticket.id,
+                Ticket.department_id,
+                Ticket.state,
+                Ticket.assigned_at,
+                Ticket.claimed_at,
+                Ticket.resolved_at,
+                Ticket.due_at,
+                Ticket.promised_date,
+            )
+            .join(TicketEvent, col(TicketEvent.ticket_id) == Ticket.id)
+            .where(
+                TicketEvent.kind == kind,
+                TicketEvent.at >= start,
+                TicketEvent.at < end,
+                col(Ticket.region_id).in_(region_ids),
+            )
+            .distinct()
+        )
+        return (await self.session.exec(query)).all()
 
 
 class OutboxRepository(_Repository):
@@ -408,3 +582,78 @@ class ScheduleRepository(_Repository):
         row = await self.session.get(KeyValue, key)
         if row is not None:
             await self.session.delete(row)
+
+    # ---- the idle scan and the digest ----------------------------------------------------
+
+    async def latest_nudges(self, ticket_ids: Sequence[int]) -> Sequence[Any]:
+        """Per ticket and rung: (ticket_id, rung, the highest slot, the latest time sent)."""
+        if not ticket_ids:
+            return []
+        query = (
+            select(  # type: ignore[call-overload]
+                Nudge.ticket_id, Nudge.rung, sa.func.max(Nudge.slot), sa.func.max(Nudge.at)
+            )
+            .where(col(Nudge.ticket_id).in_(ticket_ids))
+            .group_by(Nudge.ticket_id, Nudge.rung)
+        )
+        return (await self.session.exec(query)).all()
+
+    async def unmark_acted_after(self, ticket_id: int, after: datetime | None) -> None:
+        """Nudges sent after a moment count as unanswered again."""
+        query = sa.update(Nudge).where(col(Nudge.ticket_id) == ticket_id, col(Nudge.acted))
+        if after is not None:
+            query = query.where(col(Nudge.at) > after)
+        await self.session.exec(query.values(acted=False))  # type: ignore[call-overload]
+
+    async def ignored_nudges(
+        self, region_ids: Sequence[int], rungs: Sequence[str]
+    ) -> Sequence[Any]:
+        """Unanswered nudges on the regions' open tickets, as rows (ticket's department_id,
+        person_id, person's name, count)."""
+        query = (
+            select(  # type: ignore[call-overload]
+                Ticket.department_id, Nudge.person_id, Person.name, sa.func.count()
+            )
+            .join(Ticket, col(Ticket.id) == Nudge.ticket_id)
+            .join(Person, col(Person.id) == Nudge.person_id)
+            .where(
+                col(Ticket.region_id).in_(region_ids),
+                col(Ticket.state).in_(list(OPEN_STATES)),
+                ~col(Nudge.acted),
+                col(Nudge.rung).in_(rungs),
+            )
+            .group_by(Ticket.department_id, Nudge.person_id, Person.name)
+        )
+        return (await self.session.exec(query)).all()
+
+    async def nudge_counts(
+        self, person_ids: Sequence[int], since: datetime, region_ids: Sequence[int]
+    ) -> tuple[int, int]:
+        """(sent, still unanswered) nudges to these people since a moment, on the regions'
+        tickets."""
+        if not person_ids:
+            return 0, 0
+        ignored = sa.func.sum(sa.case((col(Nudge.acted), 0), else_=1))
+        query = (
+            select(sa.func.count(), ignored)  # type: ignore[call-overload]
+            .select_from(Nudge)
+            .join(Ticket, col(Ticket.id) == Nudge.ticket_id)
+            .where(
+                col(Nudge.person_id).in_(person_ids),
+                Nudge.at >= since,
+                col(Ticket.region_id).in_(region_ids),
+            )
+        )
+        total, unanswered = (await self.session.exec(query)).one()
+        return int(total or 0), int(unanswered or 0)
+
+    async def owed_digest(self, role: Role, day: Any) -> Sequence[Person]:
+        """Active people of a role with a region and no digest recorded for the day."""
+        done = sa.exists().where(DigestRun.leader_id == Person.id, DigestRun.day == day)
+        query = select(Person).where(
+            Person.role == role,
+            col(Person.active),
+            col(Person.region_id).is_not(None),
+            ~done,
+        )
+        return (await self.session.exec(query.order_by(col(Person.id)))).all()
