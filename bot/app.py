@@ -14,6 +14,7 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.context import BotContext
 from bot.inbox import record_failure
+from bot.jobs import schedule_jobs
 from bot.notify import Notifier
 from bot.outbox import OutboxSender
 from bot.persistence import DbPersistence
@@ -116,4 +117,6 @@ def build_application(
     # first of the error handlers: a failure of an update the inbox will retry stops here
     app.add_error_handler(record_failure)
     register(app)
+    if app.job_queue is not None:
+        schedule_jobs(app.job_queue, services)
     return app

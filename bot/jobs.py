@@ -1,0 +1,69 @@
+"""The scheduler's repeating sweeps; each asks its service what is due, from the database."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from telegram.ext import JobQueue
+
+from bot.context import BotContext
+
+if TYPE_CHECKING:
+    from bot.app import Services
+
+log = logging.getLogger(__name__)
+
+SCAN_JOB = "idle_scan"
+DIGEST_JOB = "digest_check"
+DIGEST_EVERY = timedelta(minutes=1)
+# APScheduler drops a run that starts more than misfire_grace_time late (1 s by default); a
+# busy event loop must only delay a sweep. Missed runs collapse into one, never overlap.
+JOB_KWARGS: dict[str, Any] = {"misfire_grace_time": 3600, "coalesce": True, "max_instances": 1}
+
+
+def schedule_jobs(job_queue: JobQueue[Any], services: Services) -> None:
+    """Register the idle scan (every settings.scan_every) and the digest check (every minute).
+
+    Only repeating sweeps: what is due is worked out from the database on every run, so a late
+    start, a restart or a second instance skips and doubles nothing.
+    """
+    job_queue.run_repeating(
+        scan_job,
+        interval=services.settings.scan_every,
+        first=timedelta(seconds=5),
+        name=SCAN_JOB,
+        job_kwargs=dict(JOB_KWARGS),
+    )
+    job_queue.run_repeating(
+        digest_job,
+        interval=DIGEST_EVERY,
+        first=timedelta(seconds=10),
+        name=DIGEST_JOB,
+        job_kwargs=dict(JOB_KWARGS),
+    )
+
+
+async def scan_job(context: BotContext) -> None:
+    """Nudge, supervise and close what the ladder says is due; a failure waits for the next run."""
+    try:
+        report = await context.services.nudges.scan()
+    except Exception:
+        log.exception("idle scan failed; the next run retries")
+        return
+    if report.queued:
+        log.info("idle scan: %d nudges", len(report.nudges))
+        context.services.sender.wake()
+
+
+async def digest_job(context: BotContext) -> None:
+    """Queue the leaders' digests that are due; a failure waits for the next run."""
+    try:
+        sent = await context.services.digests.send_due()
+    except Exception:
+        log.exception("digest check failed; the next run retries")
+        return
+    if sent:
+        log.info("digests queued for %d leaders", len(sent))
+        context.services.sender.wake()
