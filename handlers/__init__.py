@@ -20,7 +20,7 @@ KEEP_GROUP = 90  # after every handler: the private conversation's step is writt
 
 def register(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     """Add every handler to the application (the composition root calls this once)."""
-    from handlers import buttons, guard, intake, people, private, tickets
+    from handlers import admin, buttons, guard, intake, people, private, tickets
 
     new = filters.UpdateType.MESSAGE  # edits of a message never act a second time
     groups = new & filters.ChatType.GROUPS
@@ -44,3 +44,4 @@ def register(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.add_handler(CallbackQueryHandler(buttons.ticket_button, pattern=r"^t1:ticket:"))
     app.add_handler(CallbackQueryHandler(buttons.bad_button))
     app.add_handler(TypeHandler(Update, private.keep), group=KEEP_GROUP)
+    admin.register(app)  # /status, /retry, /drop: before the guard, admins only
