@@ -58,7 +58,8 @@ ALLOWED_TRANSITIONS: Mapping[Action, Mapping[TicketState, frozenset[str]]] = {
     Action.RATE: {S.RESOLVED: frozenset({"enterprise"})},
     Action.AUTOCLOSE: {S.RESOLVED: frozenset({"system"})},
     Action.WITHDRAW: {S.REPORTED: frozenset({"reporter"}), S.ASSIGNED: frozenset({"reporter"})},
-    Action.MERGE: {S.REPORTED: frozenset({"org"})},
+    # a duplicate is often routed before anyone spots it: it may follow while nobody holds it
+    Action.MERGE: {S.REPORTED: frozenset({"org"}), S.ASSIGNED: frozenset({"org"})},
     Action.TRANSFER: {
         state: frozenset({"org"}) for state in OPEN_STATES if state is not S.RESOLVED
     },

@@ -134,7 +134,7 @@ WHO: dict[str, tuple[list[str], set[str], str]] = {
     "rate_bad": (["resolved", "resolved_supervised"], REPORTING_ENTERPRISE, "enterprise"),
     "autoclose": (["resolved", "resolved_supervised"], {"system"}, "system"),
     "withdraw": (["reported", "assigned"], {"reporter"}, "reporter"),
-    "merge": (["reported"], ORG, "org"),
+    "merge": (["reported", "assigned"], ORG, "org"),
     "transfer": (OPEN_BUT_RESOLVED, ORG, "org"),
 }
 
