@@ -134,7 +134,7 @@ class Simulation:
         self._flush_day()
         stats = self.double.stats()
         async with services.uows(readonly=True) as uow:
-            tickets = len((await uow.tickets.listing(limit=100_000)))
+            tickets = len(await uow.tickets.listing(limit=100_000))
         groups = sum(1 for r in self.double.sent if r.chat_id < 0)
         self._line("")
         self._line(
@@ -182,14 +182,14 @@ class Simulation:
         )
         for record in reversed(self.double.sent):
             buttons = (record.reply_markup or {}).get("inline_keyboard", [])
-            if any(b.get("callback_data") == data for row in buttons for b in row):
-                if record.chat_id < 0 or record.chat_id == person.telegram_id:
-                    self.double.user_presses(person.telegram_id, record, data)  # type: ignore[arg-type]
-                    label = next(
-                        b["text"] for row in buttons for b in row if b.get("callback_data") == data
-                    )
-                    self._print(record.chat_id, person.name, f"[{label}] #{number}")
-                    return
+            mine = record.chat_id < 0 or record.chat_id == person.telegram_id
+            if mine and any(b.get("callback_data") == data for row in buttons for b in row):
+                self.double.user_presses(person.telegram_id, record, data)  # type: ignore[arg-type]
+                label = next(
+                    b["text"] for row in buttons for b in row if b.get("callback_data") == data
+                )
+                self._print(record.chat_id, person.name, f"[{label}] #{number}")
+                return
         raise ScenarioError(
             f"steps[{step.index}]: {person.name} sees no {button!r} button for #{number}"
         )

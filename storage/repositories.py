@@ -598,13 +598,6 @@ class ScheduleRepository(_Repository):
         )
         return (await self.session.exec(query)).all()
 
-    async def unmark_acted_after(self, ticket_id: int, after: datetime | None) -> None:
-        """Nudges sent after a moment count as unanswered again."""
-        query = sa.update(Nudge).where(col(Nudge.ticket_id) == ticket_id, col(Nudge.acted))
-        if after is not None:
-            query = query.where(col(Nudge.at) > after)
-        await self.session.exec(query.values(acted=False))  # type: ignore[call-overload]
-
     async def ignored_nudges(
         self, region_ids: Sequence[int], rungs: Sequence[str]
     ) -> Sequence[Any]:

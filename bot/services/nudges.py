@@ -269,13 +269,6 @@ class NudgeService:
             await self._tickets.system(number, action, note)
         except QunbanError:
             return False  # someone (or another instance) moved it first
-        if action is Action.SUPERVISE:
-            # the scheduler's own move is no answer to the reminders the officials ignored
-            async with self._uows() as uow:
-                events = await uow.events.of_ticket(number)
-                answered = max((e.at for e in events if e.actor_id is not None), default=None)
-                await uow.schedule.unmark_acted_after(number, answered)
-                await uow.commit()
         return True
 
     async def _nudge(

@@ -142,14 +142,17 @@ class TicketService:
         return enterprise.region_id, None
 
     async def _route(self, uow: UnitOfWork, ticket: Ticket, text: str) -> int | None:
-        """The one department whose keywords the text names, if exactly one does."""
-        chain = [r.id for r in await uow.org.region_and_above(ticket.region_id)]
-        matched = [
-            d.id
-            for d in await uow.org.departments_in(chain)  # type: ignore[arg-type]
-            if any(k and k in text for k in d.keywords)
-        ]
-        return matched[0] if len(matched) == 1 else None
+        """The one department whose keywords the text names, looking at the ticket's own
+        region first and then up the chain: a county bureau before the city's."""
+        for region in await uow.org.region_and_above(ticket.region_id):
+            matched = [
+                d.id
+                for d in await uow.org.departments_in([region.id])  # type: ignore[list-item]
+                if any(k and k in text for k in d.keywords)
+            ]
+            if matched:
+                return matched[0] if len(matched) == 1 else None
+        return None
 
     # ---- the workflow -------------------------------------------------------------------
 
@@ -352,7 +355,9 @@ class TicketService:
             move.data,
             now,
         )
-        await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
+        if actor_id is not None:
+            # a person acting answers the reminders; the scheduler's own moves do not
+            await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
         await uow.flush()
         return event
 
