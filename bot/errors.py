@@ -48,10 +48,6 @@ class RateLimitedError(QunbanError):
     code = "rate_limited"
 
 
-class SeedError(QunbanError):
-    code = "seed"
-
-
 class InviteError(QunbanError):
     """An invite that cannot be redeemed or made: unknown, used, expired, a bad scope."""
 
