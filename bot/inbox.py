@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +15,7 @@ from telegram import Update
 from telegram.ext import Application, ApplicationHandlerStop, CallbackContext
 
 from bot.clock import Clock, SystemClock
+from bot.logs import update_context
 from storage.uow import (
     UnitOfWork,
     UnitOfWorkFactory,
@@ -145,6 +146,7 @@ class InboxWorker:
         retry_after: timedelta = timedelta(seconds=1),
         batch: int = 100,
         on_processed: Callable[[], object] | None = None,
+        on_pass: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._uows = uows
         self._app = app
@@ -153,6 +155,7 @@ class InboxWorker:
         self._retry_after = retry_after
         self._batch = batch
         self._on_processed = on_processed
+        self._on_pass = on_pass  # a heartbeat: the worker is alive and the database answers
         # a failed update holds back its chat (or itself, when it has none) until then
         self._held_chats: dict[int, datetime] = {}
         self._held_updates: dict[int, datetime] = {}
@@ -203,6 +206,8 @@ class InboxWorker:
             try:
                 await self.process_pending()
                 pause = idle
+                if self._on_pass is not None:
+                    await self._on_pass()
             except Exception as error:
                 pause = min(max(pause * 2, idle), 30.0)
                 if isinstance(error, DatabaseAwayError) or is_transient(error):
@@ -238,7 +243,8 @@ class InboxWorker:
             return await self._failed(row, error, report, park=True)
         token = current_update.set(mark)
         try:
-            await self._app.process_update(update)
+            with update_context(row.payload):
+                await self._app.process_update(update)
         finally:
             mark.closed = True
             current_update.reset(token)

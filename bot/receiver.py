@@ -41,6 +41,7 @@ class Receiver:
         uows: UnitOfWorkFactory,
         on_stored: Callable[[], object],
         *,
+        on_poll: Callable[[], Awaitable[object]] | None = None,
         clock: Clock | None = None,
         timeout: int = 25,
         poll_interval: float = 0.5,
@@ -52,6 +53,7 @@ class Receiver:
         self.bot = bot
         self._uows = uows
         self._on_stored = on_stored
+        self._on_poll = on_poll  # a heartbeat: Telegram answered and the inbox took it
         self._clock = clock or SystemClock()
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -84,6 +86,8 @@ class Receiver:
                     updates = await self._or_stop(self._fetch())
                     await self._keep(updates)  # never interrupted: a batch is stored whole
                     failures = 0
+                    if self._on_poll is not None:
+                        await self._on_poll()
                     if not updates:
                         await self._pause(self.poll_interval)
                 except _Stopped:

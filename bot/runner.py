@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,10 @@ from telegram.error import InvalidToken, NetworkError, RetryAfter
 from bot.app import Services, build_application, build_services
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
+from bot.heartbeats import RECEIVER, WORKER
 from bot.inbox import InboxWorker
+from bot.logs import setup_logging
+from bot.ops import ops_app, ops_routes
 from bot.receiver import ALLOWED_UPDATES, Receiver
 from bot.webhook import webhook_app
 from storage.db import make_engine
@@ -100,7 +102,13 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
     try:
         await _initialize(app, stop)
         await app.start()  # the job queue
-        worker = InboxWorker(services.uows, app, clock, on_processed=services.sender.wake)
+        worker = InboxWorker(
+            services.uows,
+            app,
+            clock,
+            on_processed=services.sender.wake,
+            on_pass=lambda: services.ops.beat(WORKER),
+        )
         parts = Running(services, app, worker)
         idle = max(settings.send_every.total_seconds(), 0.05)
         parts.tasks["worker"] = asyncio.create_task(worker.run(), name="inbox worker")
@@ -111,6 +119,7 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
             yield parts
         finally:
             await _stop_worker(parts)
+            await _drain_outbox(parts)
             await _stop_sender(parts)
             if app.running:
                 await app.stop()
@@ -154,6 +163,22 @@ async def _stop_worker(parts: Running) -> None:
             await task
 
 
+async def _drain_outbox(parts: Running, grace: float = 5.0) -> None:
+    """Give the sender a few seconds to empty the outbox: cut off between Telegram's answer
+    and its record, a message would be sent again after the restart."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    parts.services.sender.wake()
+    while loop.time() < deadline and not parts.tasks["sender"].done():
+        try:
+            async with parts.services.uows(readonly=True) as uow:
+                if await uow.outbox.depth() == 0:
+                    return
+        except Exception:  # the database is away: nothing more can be sent anyway
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _stop_sender(parts: Running) -> None:
     task = parts.tasks["sender"]
     # a send cut off between Telegram's answer and its record may be repeated once on restart
@@ -190,8 +215,16 @@ async def serve_polling(
     stop = stop or asyncio.Event()
     with _signals(stop):
         async with running(settings, clock, stop) as parts:
-            receiver = Receiver(parts.app.bot, parts.services.uows, parts.worker.wake, clock=clock)
+            ops = parts.services.ops
+            receiver = Receiver(
+                parts.app.bot,
+                parts.services.uows,
+                parts.worker.wake,
+                clock=clock,
+                on_poll=lambda: ops.beat(RECEIVER),
+            )
             polling = asyncio.create_task(receiver.run(), name="receiver")
+            health = await _serve_health(parts, settings)
             log.info("Qunban is polling as @%s", parts.app.bot.username)
             try:
                 await _until_stopped(stop, parts, polling)
@@ -199,6 +232,8 @@ async def serve_polling(
                 receiver.stop()  # first: nothing new comes in; the stored batch is confirmed
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(polling, timeout=15)
+                if health is not None:
+                    await health.close()
     log.info("Qunban stopped")
 
 
@@ -213,23 +248,22 @@ async def serve_webhook(
     stop = stop or asyncio.Event()
     with _signals(stop):
         async with running(settings, clock, stop) as parts:
+            # updates arrive when people write: a quiet hour is no sign of a dead receiver
+            parts.services.ops.heartbeats.expect(RECEIVER, None)
             asgi = webhook_app(
-                parts.services.uows, secret=secret, on_stored=parts.worker.wake, clock=clock
+                parts.services.uows,
+                secret=secret,
+                on_stored=parts.worker.wake,
+                clock=clock,
+                routes=ops_routes(parts.services),
             )
-            server = _Server(
-                uvicorn.Config(asgi, log_config=None, access_log=False, lifespan="off")
-            )
-            sock = _listen(settings.listen_host, settings.listen_port)
-            serving = asyncio.create_task(server.serve(sockets=[sock]), name="webhook server")
+            server = _Listener(asgi, _listen(settings.listen_host, settings.listen_port))
             try:
                 await _set_webhook(parts.app, settings, secret, stop)
-                log.info("Qunban takes webhooks on %s:%s", *sock.getsockname()[:2])
-                await _until_stopped(stop, parts, serving)
+                log.info("Qunban takes webhooks on %s", server.address)
+                await _until_stopped(stop, parts, server.task)
             finally:
-                server.should_exit = True
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(serving, timeout=15)
-                sock.close()
+                await server.close()
     log.info("Qunban stopped")
 
 
@@ -260,6 +294,37 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _Listener:
+    """An ASGI app served by uvicorn on a socket bound beforehand."""
+
+    def __init__(self, asgi: Any, sock: socket.socket) -> None:
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address = f"{host}:{port}"
+        config = uvicorn.Config(asgi, log_config=None, access_log=False, lifespan="off")
+        self.server = _Server(config)
+        self.task = asyncio.create_task(self.server.serve(sockets=[sock]), name="http server")
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self.task, timeout=15)
+        self.sock.close()
+
+
+async def _serve_health(parts: Running, settings: Settings) -> _Listener | None:
+    """`/healthz` and `/metrics` beside long polling; the bot runs on without them when the
+    port is taken."""
+    try:
+        sock = _listen(settings.listen_host, settings.listen_port)
+    except StartupError as error:
+        log.warning("no /healthz or /metrics: %s", error)
+        return None
+    listener = _Listener(ops_app(parts.services), sock)
+    log.info("/healthz and /metrics on %s", listener.address)
+    return listener
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -295,81 +360,13 @@ def _signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-# --------------------------------------------------------------------------- logging
-
-
-class Redactor(logging.Filter):
-    """Replaces secrets (the bot token above all) anywhere in a record: message, arguments,
-    traceback. Installed through the record factory, so it covers every logger and handler."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string is the formatter's to report
-            message = str(record.msg)
-        clean = self.scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-            if self.scrub(text) != text:
-                record.exc_text = self.scrub(text)
-        if record.stack_info:
-            record.stack_info = self.scrub(record.stack_info)
-        return True
-
-
-REDACTOR = Redactor()
-
-
-def redact_logs(*secrets: str) -> None:
-    """From now on, no log record of this process shows these strings."""
-    REDACTOR.secrets.update(s for s in secrets if len(s) >= 6)
-    previous = logging.getLogRecordFactory()
-    if getattr(previous, "redacts", False):
-        return
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        REDACTOR.filter(record)
-        return record
-
-    factory.redacts = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
-
-
 # --------------------------------------------------------------------------- the commands
 
 
 def _logging(settings: Settings) -> None:
-    secrets = [
-        settings.telegram_token.get_secret_value() if settings.telegram_token else None,
-        settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
-        make_url(settings.database_url).password,
-    ]
-    redact_logs(*(s for s in secrets if s))
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    level = logging.getLevelName(settings.log_level.upper())
-    if isinstance(level, int):
-        # a server's own progress lines show even when the CLI keeps third parties quiet
-        for name in ("bot", "handlers", "storage"):
-            logging.getLogger(name).setLevel(min(level, root.level or level))
-    # httpx logs every request URL, and Telegram's URLs carry the token
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # every record is redacted (the bot token above all) and httpx's request URLs, which
+    # carry the token, are not logged at all
+    setup_logging(settings)
 
 
 def _main(serve: Callable[[Settings], Awaitable[None]], settings: Settings) -> None:

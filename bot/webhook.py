@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bot.clock import Clock, SystemClock
 from bot.inbox import store
@@ -22,21 +21,20 @@ log = logging.getLogger(__name__)
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 MAX_BODY = 1024 * 1024  # an update is a few kilobytes; anything near this is not Telegram
-HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def database_health(uows: UnitOfWorkFactory) -> HealthCheck:
-    """The basic check: the database answers. Returns {"ok": bool, ...}."""
+def database_health(uows: UnitOfWorkFactory) -> Route:
+    """The basic `/healthz`: 200 while the database answers."""
 
-    async def check() -> dict[str, Any]:
+    async def healthz(request: Request) -> Response:
         try:
             async with uows(readonly=True) as uow:
                 await uow.session.exec(sa.select(1))  # type: ignore[call-overload]
         except Exception as error:
-            return {"ok": False, "database": type(error).__name__}
-        return {"ok": True, "database": "ok"}
+            return JSONResponse({"status": "unhealthy", "database": type(error).__name__}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
 
-    return check
+    return Route("/healthz", healthz, methods=["GET", "HEAD"])
 
 
 def webhook_app(
@@ -46,9 +44,10 @@ def webhook_app(
     on_stored: Callable[[], object],
     clock: Clock | None = None,
     path: str = "/telegram",
-    health: HealthCheck | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """`POST path` takes Telegram's updates; `GET /healthz` answers 200 while all is well.
+    """`POST path` takes Telegram's updates; `routes` are served beside it (the operators'
+    `/healthz` and `/metrics`), and without a `/healthz` among them a database check is.
 
     An update is committed to the inbox before the 200: a crash after it loses nothing, and
     Telegram retries whatever got no 200 (a repeat is ignored by its update id).
@@ -56,7 +55,6 @@ def webhook_app(
     if not secret:
         raise ValueError("a webhook without a secret token would take updates from anyone")
     expected = secret.encode()
-    health = health or database_health(uows)
     clock = clock or SystemClock()
 
     async def receive(request: Request) -> Response:
@@ -81,13 +79,7 @@ def webhook_app(
         on_stored()
         return Response(status_code=200)
 
-    async def healthz(request: Request) -> Response:
-        report = await health()
-        return JSONResponse(report, status_code=200 if report.get("ok") else 503)
-
-    return Starlette(
-        routes=[
-            Route(path, receive, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ]
-    )
+    served = [Route(path, receive, methods=["POST"]), *routes]
+    if not any(getattr(route, "path", None) == "/healthz" for route in routes):
+        served.append(database_health(uows))
+    return Starlette(routes=served)

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlmodel import select
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import bot.webhook as webhook_module
 from bot.clock import ManualClock
@@ -142,17 +144,19 @@ async def test_only_the_configured_path_takes_updates(uows, wakes):
 async def test_health_answers_while_the_database_does(client):
     response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "database": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok"}
 
 
-async def test_a_richer_health_check_plugs_in(uows, wakes):
-    async def unhealthy() -> dict:
-        return {"ok": False, "outbox": "stuck"}
+async def test_the_operators_routes_are_served_beside_the_webhook(uows, wakes):
+    async def unhealthy(request) -> JSONResponse:
+        return JSONResponse({"status": "unhealthy", "outbox": "stuck"}, status_code=503)
 
-    app = webhook_app(uows, secret=SECRET, on_stored=wakes, health=unhealthy)
+    routes = [Route("/healthz", unhealthy), Route("/metrics", unhealthy)]
+    app = webhook_app(uows, secret=SECRET, on_stored=wakes, routes=routes)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as c:
         response = await c.get("/healthz")
+        assert (await c.get("/metrics")).status_code == 503
     assert response.status_code == 503
     assert response.json()["outbox"] == "stuck"
 

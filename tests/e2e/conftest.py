@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 # The next process is started ahead of time: it imports everything, then waits for a line on
 # its standard input before it enters `qunban run`, so a restart costs no import time.
 PREWARMED = (
-    "import sys, bot.runner, bot.cli; sys.stdin.readline(); "
-    "bot.cli.main(sys.argv[1:], prog_name='qunban')"
+    "import sys, bot.runner, bot.cli, handlers, storage.migrate; storage.migrate.head(); "
+    "sys.stdin.readline(); bot.cli.main(sys.argv[1:], prog_name='qunban')"
 )
 
 
@@ -41,15 +42,18 @@ class LedgerDouble(TeleDouble):
         self.on_call: Callable[[str, JSON], None] | None = None
         self.process: BotProcess | None = None  # the bot under test: its death ends a wait
         self.arrivals: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}  # calls received and not yet answered
         self._changed = asyncio.Event()
 
     async def call(self, method: str, params: Any = None) -> Any:
         self.arrivals[method] = self.arrivals.get(method, 0) + 1
-        if self.on_call is not None:
-            self.on_call(method, dict(params or {}))
+        self.in_flight[method] = self.in_flight.get(method, 0) + 1
         try:
+            if self.on_call is not None:
+                self.on_call(method, dict(params or {}))
             return await super().call(method, params)
         finally:
+            self.in_flight[method] -= 1
             self._changed.set()
 
     def poke(self) -> None:
@@ -180,7 +184,14 @@ def bot_env(double_server: DoubleServer, database_url: str) -> dict[str, str]:
         QUNBAN_CALENDAR="24x7",
         QUNBAN_REPORT_LIMIT_PER_HOUR="100000",
         QUNBAN_LOG_LEVEL="INFO",
+        QUNBAN_LISTEN_PORT=str(free_port()),
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class BotProcess:
@@ -217,7 +228,8 @@ class BotProcess:
         self._prewarmed = prewarmed
         self._stopping = False
         if self.double is not None:
-            self.double.process = self
+            if not prewarmed:
+                self.double.process = self
             asyncio.get_running_loop().create_task(self._poke_on_exit())
         return self
 
@@ -236,6 +248,8 @@ class BotProcess:
         assert self.proc is not None
         assert self.proc.stdin is not None
         assert self._prewarmed
+        if self.double is not None:
+            self.double.process = self
         self.proc.stdin.write(b"go\n")
         await self.proc.stdin.drain()
 

@@ -3,7 +3,6 @@ reports, sees the problem assigned, claims it by button, resolves and rates it."
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.receiver import ALLOWED_UPDATES
 from storage.credit_code import make_code
-from tests.e2e.conftest import TOKEN, BotProcess, LedgerDouble, button, child_env, rows, seed
+from tests.e2e.conftest import (
+    TOKEN,
+    BotProcess,
+    LedgerDouble,
+    button,
+    child_env,
+    rows,
+    seed,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +95,11 @@ async def test_a_reported_problem_is_assigned_claimed_resolved_and_rated(
         assert len(state) == 4
         assert all(processed and not parked for _, processed, parked in state)
         assert double.allowed_updates == list(ALLOWED_UPDATES)  # RELIABILITY A12
+        port = bot_env["QUNBAN_LISTEN_PORT"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            health = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json()["late"] == []
     finally:
         code = await bot.terminate()
     assert code == 0
@@ -137,17 +149,11 @@ async def test_a_database_without_tables_is_one_clear_line(
     assert double.calls == []  # nothing was asked of Telegram
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_webhook_mode_stores_before_answering_and_refuses_a_wrong_secret(
     double: LedgerDouble, bot_env: dict[str, str], db: AsyncEngine, tmp_path: Path
 ):
     await seed(db, tmp_path / "org.yaml", ORG)
-    port = free_port()
+    port = int(bot_env["QUNBAN_LISTEN_PORT"])
     env = bot_env | {
         "QUNBAN_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram",
         "QUNBAN_WEBHOOK_SECRET": SECRET,
