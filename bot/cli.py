@@ -263,5 +263,101 @@ def simulate(scenario: str | None, language: str) -> None:
         raise click.ClickException(str(err)) from None
 
 
+# ---- the record and the backups ------------------------------------------------------------
+
+
+def _with_uows(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(uows)` over an engine of its own, disposed afterwards."""
+    from storage.db import make_engine, make_session_factory
+    from storage.uow import UnitOfWorkFactory
+
+    async def run() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            return await work(UnitOfWorkFactory(make_session_factory(engine)))
+        finally:
+            await engine.dispose()
+
+    return _run(settings, run)
+
+
+def _check_record(settings: Settings) -> str:
+    """Recompute every ticket; print each mismatch and fail with the count, or return the
+    summary line."""
+    from bot.audit import check as check_record
+
+    report = _with_uows(settings, check_record)
+    for mismatch in report.mismatches:
+        click.echo(f"ticket #{mismatch.ticket_id}: {mismatch.problem}")
+    if not report.ok:
+        raise click.ClickException(report.summary())
+    return report.summary()
+
+
+@main.command()
+def check() -> None:
+    """Recompute every ticket's state from its events and report any mismatch."""
+    click.echo(_check_record(_settings()))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def export(folder: Path) -> None:
+    """Write tickets.csv and events.csv into FOLDER for auditors."""
+    from bot.audit import export as export_record
+
+    settings = _settings()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise click.ClickException(f"cannot write to {folder}: {err.strerror or err}") from None
+    report = _with_uows(settings, lambda uows: export_record(uows, folder))
+    click.echo(
+        f"wrote {report.tickets} tickets to {report.files[0]} "
+        f"and {report.events} events to {report.files[1]}"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup(file: Path) -> None:
+    """Back up the database into FILE, safely while the bot runs."""
+    from storage.backup import BackupError
+    from storage.backup import backup as backup_database
+
+    settings = _settings()
+    if not file.parent.is_dir():
+        raise click.ClickException(f"{file.parent}: no such folder")
+    try:
+        report = backup_database(settings.database_url, file)
+    except (BackupError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"backed up {_safe_url(settings.database_url)} to {file} ({report.size} bytes); "
+        f"restore it with: qunban restore {file}"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask before replacing the database.")
+def restore(file: Path, yes: bool) -> None:
+    """Replace the database with a backup (stop the bot first), then check the record."""
+    from storage.backup import BackupError
+    from storage.backup import restore as restore_database
+
+    settings = _settings()
+    target = _safe_url(settings.database_url)
+    if not file.is_file():
+        raise click.ClickException(f"{file}: no such file")
+    if not yes:
+        click.confirm(f"Replace everything in {target} with {file}?", abort=True)
+    try:
+        restore_database(file, settings.database_url)
+    except (BackupError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"restored {file} into {target}; {_check_record(settings)}")
+
+
 if __name__ == "__main__":
     main()
