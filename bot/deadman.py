@@ -116,7 +116,14 @@ def _tell(uow: UnitOfWork, services: Services, html: str, key: str) -> None:
 
 def schedule_deadman(job_queue: JobQueue[Any], every: timedelta = CHECK_EVERY) -> Job[Any]:
     """Run the switch on the application's job queue."""
-    return job_queue.run_repeating(deadman_job, interval=every, first=every, name=DEADMAN_JOB)
+    return job_queue.run_repeating(
+        deadman_job,
+        interval=every,
+        first=every,
+        name=DEADMAN_JOB,
+        # a late check is still worth running, once, and never two at a time
+        job_kwargs={"misfire_grace_time": 600, "coalesce": True, "max_instances": 1},
+    )
 
 
 async def deadman_job(context: BotContext) -> None:

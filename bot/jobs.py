@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from telegram.ext import JobQueue
 
 from bot.context import BotContext
+from bot.deadman import schedule_deadman
+from bot.heartbeats import DIGEST, SCAN
 
 if TYPE_CHECKING:
     from bot.app import Services
@@ -43,15 +46,19 @@ def schedule_jobs(job_queue: JobQueue[Any], services: Services) -> None:
         name=DIGEST_JOB,
         job_kwargs=dict(JOB_KWARGS),
     )
+    schedule_deadman(job_queue)  # tells the ops chat when these stall or the outbox backs up
 
 
 async def scan_job(context: BotContext) -> None:
     """Nudge, supervise and close what the ladder says is due; a failure waits for the next run."""
+    started = time.perf_counter()
     try:
         report = await context.services.nudges.scan()
     except Exception:
         log.exception("idle scan failed; the next run retries")
         return
+    await context.services.ops.swept(SCAN, time.perf_counter() - started)
+    context.services.ops.metrics.nudges_sent.inc(len(report.nudges))
     if report.queued:
         log.info("idle scan: %d nudges", len(report.nudges))
         context.services.sender.wake()
@@ -59,11 +66,14 @@ async def scan_job(context: BotContext) -> None:
 
 async def digest_job(context: BotContext) -> None:
     """Queue the leaders' digests that are due; a failure waits for the next run."""
+    started = time.perf_counter()
     try:
         sent = await context.services.digests.send_due()
     except Exception:
         log.exception("digest check failed; the next run retries")
         return
+    await context.services.ops.swept(DIGEST, time.perf_counter() - started)
+    context.services.ops.metrics.digests_sent.inc(len(sent))
     if sent:
         log.info("digests queued for %d leaders", len(sent))
         context.services.sender.wake()

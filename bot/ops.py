@@ -80,6 +80,11 @@ class Ops:
             self.metrics.sweep_seconds.labels(name).observe(time.perf_counter() - start)
         await self.heartbeats.beat(name)
 
+    async def swept(self, name: str, seconds: float) -> None:
+        """A sweep finished: its duration into the histogram, and a heartbeat."""
+        self.metrics.sweep_seconds.labels(name).observe(seconds)
+        await self.heartbeats.beat(name)
+
     def observe(self) -> None:
         """The sender keeps its own record: a finished drain, or any message moved, is a beat."""
         stats = self.sender.stats

@@ -10,9 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from bot import deadman
+from bot.app import build_application
 from bot.heartbeats import COMPONENTS, SCAN, SENDER
+from bot.jobs import SCAN_JOB
+from bot.teledouble import DoubleRequest
 from storage.tables import Outbox
-from tests.opskit import OPS_CHAT, OpsEnv, open_env
+from tests.opskit import OPS_CHAT, TOKEN, OpsEnv, open_env
 
 
 async def beat_all(env: OpsEnv, *, but: str | None = None) -> None:
@@ -139,3 +142,25 @@ def test_durations_read_the_way_people_say_them() -> None:
     assert deadman.span(timedelta(minutes=12, seconds=5)) == "12 min"
     assert deadman.span(timedelta(hours=3, minutes=5)) == "3 h 5 min"
     assert deadman.span(timedelta(days=2, hours=4)) == "2 d 4 h"
+
+
+async def test_the_switch_runs_as_a_job_beside_the_sweeps(engine: AsyncEngine) -> None:
+    async with open_env(engine) as env:
+        app = build_application(
+            env.services.settings,
+            clock=env.clock,
+            request=DoubleRequest(env.double),
+            services=env.services,
+            token=TOKEN,
+        )
+        async with app:
+            assert app.job_queue is not None
+            [job] = app.job_queue.get_jobs_by_name(deadman.DEADMAN_JOB)
+            await beat_all(env)
+            env.clock.advance(timedelta(minutes=4))
+            await beat_all(env, but=SCAN)
+            await job.run(app)
+            [scan] = app.job_queue.get_jobs_by_name(SCAN_JOB)
+            await scan.run(app)  # the scan runs again, and says so
+            await job.run(app)
+        assert len(await ops_messages(env)) == 2
