@@ -67,7 +67,8 @@ async def _press(update: Update, context: BotContext, expected: str | None) -> N
     assert query is not None
     assert query.message is not None
     data = callback_data.parse(query.data)
-    if data is None or data.action != expected:
+    # only data we could have made ourselves: "t1:claim:01" or "t1:claim:1:x" are forged
+    if data is None or data.action != expected or _made(data) != query.data:
         lang = normalize(query.from_user.language_code)
         await query.answer(replies.bad_button(lang), show_alert=True)
         return
@@ -100,6 +101,16 @@ async def _outcome(
         return _plain(texts.ticket_line(lang, context.services.settings.tz, view)), True
     changed(context)
     return _plain(replies.done_toast(lang, data.ticket)), False
+
+
+def _made(data: ButtonData) -> str | None:
+    """The data we would have put on this button; None for a shape we never make."""
+    if (data.arg is not None) != (data.action == "rate"):
+        return None
+    try:
+        return callback_data.build(data.action, data.ticket, data.arg)
+    except ValueError:
+        return None
 
 
 def _plain(html: str) -> str:

@@ -230,15 +230,15 @@ async def _scope_ids(
     if enterprise:
         found = await uow.org.enterprise_by_code(enterprise)
         if found is None:
-            raise InviteError("unknown_enterprise", code=enterprise)
+            raise InviteError("unknown_enterprise", query=enterprise)
         invite.enterprise_id, invite.region_id = found.id, found.region_id
     if department:
         dept = await uow.org.department_by_code(department)
         if dept is None:
-            raise InviteError("unknown_department", code=department)
+            raise InviteError("unknown_department", query=department)
         invite.department_id, invite.region_id = dept.id, dept.region_id
     if region:
         place = await uow.org.region_by_code(region)
         if place is None:
-            raise InviteError("unknown_region", code=region)
+            raise InviteError("unknown_region", query=region)
         invite.region_id = place.id

@@ -88,6 +88,9 @@ async def test_a_second_press_after_the_claim_is_refused(harness: Harness) -> No
     [
         "t1:claim:abc",
         "t1:claim:1:x:y",
+        "t1:claim:1:x",
+        "t1:claim:01",
+        "t1:ticket:1:s",
         "t2:claim:1",
         "t1:delete:1",
         "t1:rate:1:z",
