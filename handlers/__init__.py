@@ -43,5 +43,7 @@ def register(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.add_handler(CallbackQueryHandler(buttons.rate_button, pattern=r"^t1:rate:"))
     app.add_handler(CallbackQueryHandler(buttons.ticket_button, pattern=r"^t1:ticket:"))
     app.add_handler(CallbackQueryHandler(buttons.bad_button))
+    private_text = new & filters.ChatType.PRIVATE & (filters.TEXT | filters.COMMAND)
+    app.add_handler(MessageHandler(private_text, people.anything_else))
     app.add_handler(TypeHandler(Update, private.keep), group=KEEP_GROUP)
     admin.register(app)  # /status, /retry, /drop: before the guard, admins only

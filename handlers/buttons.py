@@ -65,14 +65,14 @@ async def bad_button(update: Update, context: BotContext) -> None:
 async def _press(update: Update, context: BotContext, expected: str | None) -> None:
     query = update.callback_query
     assert query is not None
-    assert query.message is not None
     data = callback_data.parse(query.data)
     # only data we could have made ourselves: "t1:claim:01" or "t1:claim:1:x" are forged
     if data is None or data.action != expected or _made(data) != query.data:
         lang = normalize(query.from_user.language_code)
         await query.answer(replies.bad_button(lang), show_alert=True)
         return
-    where = Origin(query.message.chat.id, query.message.message_id)
+    shown = query.message  # None for a button on an inline message
+    where = Origin(shown.chat.id, shown.message_id) if shown else Origin(query.from_user.id)
     work = asyncio.ensure_future(_outcome(update, context, data, where))
     done, _ = await asyncio.wait({work}, timeout=ANSWER_WITHIN)
     if not done:

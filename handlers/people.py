@@ -36,6 +36,12 @@ async def help_(update: Update, context: BotContext, args: Args) -> None:
     await reply(update, context, replies.help_text(await language(update, context), person))
 
 
+async def anything_else(update: Update, context: BotContext) -> None:
+    """A private message no handler took: say what the person can do."""
+    person = await viewer(update, context)
+    await reply(update, context, replies.help_text(await language(update, context), person))
+
+
 @command("lang")
 async def lang(update: Update, context: BotContext, args: Args) -> None:
     if args.word(0) is None:

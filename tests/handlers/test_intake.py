@@ -167,3 +167,15 @@ async def test_an_unbound_group_hears_one_hint_and_then_silence(harness: Harness
     assert await h.say("acme_boss", "#问题 again", UNBOUND) == []
     assert await h.say(STRANGER, "/help", UNBOUND) == []
     assert await h.count_tickets() == 0
+
+
+async def test_too_many_reports_in_an_hour_are_refused(harness: Harness) -> None:
+    h = harness
+    h.services.settings.report_limit_per_hour = 2
+    await h.say("acme_boss", "/report one", GROUP)
+    await h.say("acme_boss", "/report two", GROUP)
+    sent = await h.say("acme_boss", "/report three", GROUP)
+    assert h.only_reply(sent) == (
+        "You have filed 2 reports within the hour; please wait a little."
+    )
+    assert await h.count_tickets() == 2

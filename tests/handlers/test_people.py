@@ -254,3 +254,9 @@ async def test_record_of_a_department_and_of_an_official(h: Harness) -> None:
     assert "税务小王" in official
     unknown = h.only_reply(await h.say("mayor", "/record nowhere"))
     assert unknown.startswith("No department matches “nowhere”.")
+
+
+async def test_a_private_message_out_of_context_gets_the_help(h: Harness) -> None:
+    assert h.only_reply(await h.say("mayor", "hello")).startswith("Mia Mayor · leader")
+    assert h.only_reply(await h.say("tax_clerk", "/unknown")).startswith("税务小王 · 部门工作人员")
+    assert await h.say("mayor", "hello", GROUP) == []  # chatter in the group is not for us
