@@ -70,20 +70,27 @@ async def _press(update: Update, context: BotContext, expected: str | None) -> N
     if data is None or data.action != expected or _made(data) != query.data:
         lang = normalize(query.from_user.language_code)
         await query.answer(replies.bad_button(lang), show_alert=True)
-        return
+        return None
     shown = query.message  # None for a button on an inline message
     where = Origin(shown.chat.id, shown.message_id) if shown else Origin(query.from_user.id)
     work = asyncio.ensure_future(_outcome(update, context, data, where))
     done, _ = await asyncio.wait({work}, timeout=ANSWER_WITHIN)
     if not done:
-        await query.answer(replies.working(normalize(query.from_user.language_code)))
-        text, alert = await work
-        if alert:
-            with contextlib.suppress(Forbidden):
-                await context.bot.send_message(query.from_user.id, text)
-        return
+        return await _answer_late(query, context, work)
     text, alert = work.result()
     await query.answer(text, show_alert=alert)
+    return None
+
+
+async def _answer_late(
+    query: CallbackQuery, context: BotContext, work: asyncio.Future[tuple[str, bool]]
+) -> None:
+    """Answer now with a neutral word; a refusal then follows privately."""
+    await query.answer(replies.working(normalize(query.from_user.language_code)))
+    text, alert = await work
+    if alert:
+        with contextlib.suppress(Forbidden):
+            await context.bot.send_message(query.from_user.id, text)
 
 
 async def _outcome(

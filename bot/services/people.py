@@ -60,13 +60,7 @@ class PeopleService:
                 if known is None or not known.active:
                     raise NotRegisteredError(telegram_id=telegram_id)
                 return person_view(known)
-            invite = await uow.org.invite(code.strip()[:64])
-            if invite is None:
-                raise InviteError("invite_unknown")
-            if invite.used_at is not None:
-                raise InviteError("invite_used")
-            if invite.expires_at <= now:
-                raise InviteError("invite_expired")
+            invite = _redeemable(await uow.org.invite(code.strip()[:64]), now)
             if known is not None:
                 raise InviteError("already_registered", name=known.name)
             person = await self._enrol(uow, invite, telegram_id, username, language)
@@ -205,6 +199,16 @@ class PeopleService:
                 return []
             chain = [r.id for r in await uow.org.region_and_above(region_id)]
             return [d.name for d in await uow.org.departments_in(chain)]  # type: ignore[arg-type]
+
+
+def _redeemable(invite: Invite | None, now: datetime) -> Invite:
+    if invite is None:
+        raise InviteError("invite_unknown")
+    if invite.used_at is not None:
+        raise InviteError("invite_used")
+    if invite.expires_at <= now:
+        raise InviteError("invite_expired")
+    return invite
 
 
 def _check_scope(
