@@ -24,6 +24,10 @@ class InviteView:
     name: str
     expires_at: datetime
 
+    def __str__(self) -> str:
+        """The code, which is what an admin hands on (`qunban invite` prints it)."""
+        return self.code
+
 
 @dataclass(frozen=True)
 class GroupView:

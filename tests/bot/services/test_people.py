@@ -149,3 +149,8 @@ async def test_categories_are_the_departments_of_the_enterprises_regions(
     names = await people.categories(org_ids)
     assert names == ["Tax Bureau", "Market Regulation", "East Environment"]
     assert await people.group(COUNTY_GROUP) is not None
+
+
+async def test_an_invite_prints_as_its_code(people: PeopleService) -> None:
+    invite = await people.create_invite("admin", "Ad")
+    assert str(invite) == invite.code
