@@ -263,17 +263,21 @@ async def test_a_leader_supervises_with_a_note(harness: Harness) -> None:
 async def test_on_site_supervision_keeps_the_place_and_the_photo(harness: Harness) -> None:
     h = harness
     await h.make_ticket("assigned")
-    place = h.double.user_sends_location(GROUP, h.org["east_leader"], 40.65, 109.84)
-    assert place  # a county leader's place, but the city's leader supervises
+    await h.make_ticket("claimed")
     spot = h.double.user_sends_location(GROUP, h.org["mayor"], 40.66, 109.85)["message"]
     await h.say("mayor", "督办 1 现场看过了", GROUP, reply_to=spot["message_id"])
-    photo = h.make_photo_update("mayor", GROUP, caption="/supervise 1 照片")
+    photo = h.make_photo_update("mayor", GROUP, caption="/supervise 2 照片为证")
     await h.process(photo)
-    assert (await h.ticket(1)).state == S.SUPERVISED
-    kinds = [kind for kind, _ in await h.attachments(1)]
-    assert kinds == ["location"]  # the second is refused: it is supervised already
-    sent = await h.say("mayor", "/ticket 1")
-    assert "📍 location 40.66000, 109.85000" in h.only_reply(sent)
+    assert [(await h.ticket(n)).state for n in (1, 2)] == [S.SUPERVISED, S.SUPERVISED]
+    assert [kind for kind, _ in await h.attachments(1)] == ["location"]
+    assert await h.attachments(2) == [("photo", photo.message.photo[-1].file_id)]
+    timeline = h.only_reply(await h.say("mayor", "/ticket 1"))
+    assert "📍 location 40.66000, 109.85000" in timeline
+    assert "Mia Mayor · supervise: 现场看过了" in timeline
+    assert "📎 photo attached" in h.only_reply(await h.say("mayor", "/ticket 2"))
+    # a second supervision is refused, and its photo is not kept
+    await h.process(h.make_photo_update("mayor", GROUP, caption="/supervise 2 again"))
+    assert len(await h.attachments(2)) == 1
 
 
 async def test_supervise_is_for_the_leader_of_the_region(harness: Harness) -> None:
