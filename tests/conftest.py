@@ -17,6 +17,7 @@ from sqlmodel import SQLModel
 from storage import tables  # noqa: F401  (registers the tables on the metadata)
 from storage.db import create_schema, make_engine, make_session_factory
 from storage.uow import UnitOfWorkFactory
+from tests.logcheck import _logs_hold_no_secret, pytest_terminal_summary  # noqa: F401  (logs searched)
 
 # --- databases: SQLite in memory, and PostgreSQL when QUNBAN_TEST_PG_URL names a server ---------
 
