@@ -122,8 +122,9 @@ class Heartbeats:
 
     async def read(self, uow: UnitOfWork) -> dict[str, datetime]:
         """The latest beat of each part, from this process or any other."""
-        rows = await stats.values(uow, [KEY.format(c) for c in COMPONENTS])
-        found = {c: when for c in COMPONENTS if (when := _when(rows.get(KEY.format(c))))}
+        parts = sorted({*COMPONENTS, *self.intervals})
+        rows = await stats.values(uow, [KEY.format(c) for c in parts])
+        found = {c: when for c in parts if (when := _when(rows.get(KEY.format(c))))}
         return self.merged(found)
 
     def merged(self, stored: Mapping[str, datetime] | None = None) -> dict[str, datetime]:
