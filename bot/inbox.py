@@ -255,9 +255,18 @@ class InboxWorker:
                 fresh = await uow.inbox.mark_processed(row.update_id, mark.at)
                 await uow.commit()
             return self._done(row, report, duplicate=not fresh)
-        if is_transient(mark.error):
+        if is_transient(mark.error) and not await self._database_answers():
             raise DatabaseAwayError(_one_line(mark.error)) from mark.error
+        # an error that only looks like an outage counts too, or one update could stall all
         return await self._failed(row, mark.error, report, park=final)
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with self._uows(readonly=True) as uow:
+                await uow.session.exec(sa.select(1))  # type: ignore[call-overload]
+        except Exception:
+            return False
+        return True
 
     def _done(self, row: _Stored, report: WorkReport, *, duplicate: bool) -> bool:
         self._release(row)

@@ -64,7 +64,6 @@ class Receiver:
         # the offset still to be sent: it confirms what was stored; None once it was sent
         # and Telegram answered, so a stale offset never confirms updates not yet seen
         self.offset: int | None = None
-        self.stored = 0
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -122,11 +121,10 @@ class Receiver:
         next_offset = max(update.update_id for update in updates) + 1
         now = self._clock.now()
         async with self._uows(marks_update=False) as uow:
-            added = await store_in(uow, raw, now)
+            await store_in(uow, raw, now)
             await uow.schedule.put_value(OFFSET_KEY, {"offset": next_offset}, now)
             await uow.commit()
         self.offset = next_offset
-        self.stored += added
         self._on_stored()
 
     async def _load_offset(self) -> int | None:

@@ -62,9 +62,9 @@ def webhook_app(
         if not hmac.compare_digest(given, expected):
             log.warning("webhook post refused: wrong or missing secret token")
             return Response(status_code=403)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return Response(status_code=413)
         try:
+            if int(request.headers.get("content-length") or 0) > MAX_BODY:
+                return Response(status_code=413)
             update = json.loads(await request.body())
         except ValueError:
             return Response(status_code=400)

@@ -349,26 +349,56 @@ async def test_an_unreadable_payload_is_parked_at_once(harness, uows, clock):
     assert (await inbox_row(uows, 60)).attempts == 1
 
 
-async def test_a_database_outage_in_a_handler_counts_nothing_and_is_retried(harness, uows, clock):
-    outage = [True]
+class Outage(UnitOfWorkFactory):
+    """The same database, unreachable while `down` is set."""
+
+    def __init__(self, uows: UnitOfWorkFactory) -> None:
+        super().__init__(uows.sessions)
+        self.down = False
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self.down:
+            raise sa.exc.OperationalError("BEGIN", {}, ConnectionRefusedError("db down"))
+        return super().__call__(**kwargs)
+
+
+async def test_a_database_outage_counts_nothing_and_is_retried(harness, uows, clock):
+    """RELIABILITY A9: what arrives while the database is away is handled after it returns."""
+    outage, failing_passes = Outage(uows), [7]
 
     async def effect(update: Update, context: Any) -> None:
-        if outage[0]:
-            raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("db down"))
-        await add_effect(uows, update.update_id)
+        if failing_passes[0]:
+            failing_passes[0] -= 1
+            outage.down = True  # it goes away while the update is in hand
+        await add_effect(outage, update.update_id)
 
     harness.on_text(effect)
-    await store(uows, [message(70, "x")], clock=clock)
-    worker = harness.worker()
-    for _ in range(7):
+    await store(uows, [message(70, "x"), message(71, "x", chat=OTHER_GROUP)], clock=clock)
+    worker = InboxWorker(outage, harness.app, clock)
+    while failing_passes[0]:
+        outage.down = False
         with pytest.raises(DatabaseAwayError):
             await worker.process_pending()
-    row = await inbox_row(uows, 70)
-    assert (row.processed, row.attempts, row.parked) == (False, 0, False)
-    outage[0] = False
-    assert (await worker.process_pending()).processed == 1
-    assert len(await effects(uows, 70)) == 1
+    outage.down = False
+    for update_id in (70, 71):
+        row = await inbox_row(uows, update_id)
+        assert (row.processed, row.attempts, row.parked) == (False, 0, False)
+    assert (await worker.process_pending()).processed == 2
+    assert len(await effects(uows, 70)) == len(await effects(uows, 71)) == 1
     assert harness.final_errors == []
+
+
+async def test_an_error_that_only_looks_like_an_outage_is_counted(harness, uows, clock):
+    """A handler's own connection error must not hold every update back forever."""
+
+    async def refuses(update: Update, context: Any) -> None:
+        raise ConnectionRefusedError("a third-party service is down")
+
+    harness.on_text(refuses)
+    await store(uows, [message(75, "x")], clock=clock)
+    report = await harness.worker(max_attempts=1).process_pending()
+    assert report.parked_ids == [75]
+    assert "a third-party service is down" in (await inbox_row(uows, 75)).error
 
 
 # --------------------------------------------------------------------------- A3: replays
