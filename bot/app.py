@@ -16,9 +16,11 @@ from bot.context import BotContext
 from bot.inbox import record_failure
 from bot.jobs import schedule_jobs
 from bot.notify import Notifier
+from bot.ops import Ops
 from bot.outbox import OutboxSender
 from bot.persistence import DbPersistence
 from bot.ratelimit import Limits, RateLimiter
+from bot.services.admin import AdminService
 from bot.services.digests import DigestService
 from bot.services.nudges import NudgeService
 from bot.services.people import PeopleService
@@ -44,6 +46,8 @@ class Services:
     sender: OutboxSender
     people: PeopleService
     # --- further services are added below by build_services ---
+    ops: Ops = field(init=False)  # heartbeats, health and metrics
+    admin: AdminService = field(init=False)
     nudges: NudgeService = field(init=False)  # the idle scan: the escalation ladder
     digests: DigestService = field(init=False)  # the leaders' daily digest
     records: RecordService = field(init=False)  # /stats and /record
@@ -79,6 +83,8 @@ def build_services(
         sender=OutboxSender(uows, clock, RateLimiter(limits)),
         people=PeopleService(uows, clock),
     )
+    services.ops = Ops(settings, clock, uows, services.sender, engine=engine.dialect.name)
+    services.admin = AdminService(services)
     services.nudges = NudgeService(uows, clock, calendar, settings, notifier, services.tickets)
     services.digests = DigestService(uows, clock, calendar, settings, notifier)
     services.records = RecordService(uows, clock, calendar, settings)
