@@ -78,16 +78,11 @@ async def store(
 
 
 def is_transient(error: BaseException) -> bool:
-    """The database (or the network to it) is away for a while: retry later, count nothing."""
+    """The error looks like the database (or the network to it) being away for a while."""
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
-    transient = (
-        sa.exc.OperationalError,
-        sa.exc.InterfaceError,
-        sa.exc.TimeoutError,
-        ConnectionError,
-        OSError,
-    )
+    # asyncpg's failed connects arrive as plain OSError
+    transient = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, OSError)
     return isinstance(error, transient)
 
 
@@ -104,11 +99,7 @@ async def record_failure(update: object, context: CallbackContext[Any, Any, Any,
     mark.error = context.error
     if mark.marked:
         return  # the effect is committed; what failed after it is for the other handlers
-    if (
-        isinstance(context.error, UpdateAlreadyProcessedError)
-        or is_transient(context.error)
-        or not mark.final_attempt
-    ):
+    if isinstance(context.error, UpdateAlreadyProcessedError) or not mark.final_attempt:
         raise ApplicationHandlerStop
 
 
@@ -179,8 +170,10 @@ class InboxWorker:
         report = WorkReport()
         while not self._stopping:
             now = self._clock.now()
-            chats = {chat for chat, when in self._held_chats.items() if when > now}
-            updates = {uid for uid, when in self._held_updates.items() if when > now}
+            # a lapsed hold goes: its update is due again (or was handled elsewhere meanwhile)
+            self._held_chats = {c: when for c, when in self._held_chats.items() if when > now}
+            self._held_updates = {u: when for u, when in self._held_updates.items() if when > now}
+            chats, updates = set(self._held_chats), set(self._held_updates)
             rows = await self._pending(chats)
             progressed = False
             for row in rows:

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,16 +363,12 @@ def _signals(stop: asyncio.Event) -> Iterator[None]:
 # --------------------------------------------------------------------------- the commands
 
 
-def _logging(settings: Settings) -> None:
-    # every record is redacted (the bot token above all) and httpx's request URLs, which
-    # carry the token, are not logged at all
+def _main(serve: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings) -> None:
+    # every record is redacted (the bot token above all), and httpx, whose request URLs
+    # carry the token, logs warnings only
     setup_logging(settings)
-
-
-def _main(serve: Callable[[Settings], Awaitable[None]], settings: Settings) -> None:
-    _logging(settings)
     try:
-        asyncio.run(serve(settings))  # type: ignore[arg-type]
+        asyncio.run(serve(settings))
     except StartupError as error:
         raise SystemExit(f"qunban: {error}") from None
 

@@ -342,6 +342,23 @@ async def test_a_handler_failing_five_times_parks_the_update_with_its_error(harn
     assert (await worker.process_pending()).processed == 0  # parked stays parked
 
 
+async def test_a_hold_ends_when_its_update_was_handled_elsewhere(harness, uows, clock):
+    async def fails(update: Update, context: Any) -> None:
+        raise RuntimeError("not yet")
+
+    harness.on_text(fails)
+    await store(uows, [message(55, "x")], clock=clock)
+    worker = harness.worker(retry_after=timedelta(seconds=10))
+    assert (await worker.process_pending()).failed == 1
+    assert worker._next_pause(60) == pytest.approx(10)  # waits for the retry
+    async with uows() as uow:  # another instance handled it meanwhile
+        await uow.inbox.mark_processed(55, clock.now())
+        await uow.commit()
+    clock.advance(timedelta(seconds=11))
+    await worker.process_pending()
+    assert worker._next_pause(60) == 60  # nothing held: no busy loop
+
+
 async def test_an_unreadable_payload_is_parked_at_once(harness, uows, clock):
     await store(uows, [{"update_id": 60, "message": {"chat": {"id": 1}}}], clock=clock)
     report = await harness.worker().process_pending()
