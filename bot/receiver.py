@@ -39,7 +39,7 @@ class Receiver:
         self,
         bot: Bot,
         uows: UnitOfWorkFactory,
-        on_stored: Callable[[], object],
+        on_stored: Callable[[int], object],
         *,
         on_poll: Callable[[], Awaitable[object]] | None = None,
         clock: Clock | None = None,
@@ -121,11 +121,11 @@ class Receiver:
         next_offset = max(update.update_id for update in updates) + 1
         now = self._clock.now()
         async with self._uows(marks_update=False) as uow:
-            await store_in(uow, raw, now)
+            added = await store_in(uow, raw, now)
             await uow.schedule.put_value(OFFSET_KEY, {"offset": next_offset}, now)
             await uow.commit()
         self.offset = next_offset
-        self._on_stored()
+        self._on_stored(added)  # how many were new
 
     async def _load_offset(self) -> int | None:
         async with self._uows(readonly=True) as uow:

@@ -92,6 +92,11 @@ class Running:
     worker: InboxWorker
     tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
 
+    def stored(self, added: int) -> None:
+        """The receiver (or the webhook) put updates in the inbox."""
+        self.services.ops.metrics.updates_received.inc(added)
+        self.worker.wake()
+
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> AsyncIterator[Running]:
@@ -102,11 +107,17 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
     try:
         await _initialize(app, stop)
         await app.start()  # the job queue
+        metrics = services.ops.metrics
+
+        def handled() -> None:
+            metrics.updates_handled.inc()
+            services.sender.wake()
+
         worker = InboxWorker(
             services.uows,
             app,
             clock,
-            on_processed=services.sender.wake,
+            on_processed=handled,
             on_pass=lambda: services.ops.beat(WORKER),
         )
         parts = Running(services, app, worker)
@@ -219,7 +230,7 @@ async def serve_polling(
             receiver = Receiver(
                 parts.app.bot,
                 parts.services.uows,
-                parts.worker.wake,
+                parts.stored,
                 clock=clock,
                 on_poll=lambda: ops.beat(RECEIVER),
             )
@@ -253,7 +264,7 @@ async def serve_webhook(
             asgi = webhook_app(
                 parts.services.uows,
                 secret=secret,
-                on_stored=parts.worker.wake,
+                on_stored=parts.stored,
                 clock=clock,
                 routes=ops_routes(parts.services),
             )

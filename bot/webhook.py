@@ -41,7 +41,7 @@ def webhook_app(
     uows: UnitOfWorkFactory,
     *,
     secret: str,
-    on_stored: Callable[[], object],
+    on_stored: Callable[[int], object],
     clock: Clock | None = None,
     path: str = "/telegram",
     routes: Sequence[BaseRoute] = (),
@@ -71,12 +71,12 @@ def webhook_app(
         if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
             return Response(status_code=400)
         try:
-            await store(uows, [update], clock=clock)
+            added = await store(uows, [update], clock=clock)
         except Exception as error:
             # no 200: Telegram keeps the update and posts it again later
             log.warning("could not store update %s: %s", update["update_id"], error)
             return Response(status_code=503)
-        on_stored()
+        on_stored(added)
         return Response(status_code=200)
 
     served = [Route(path, receive, methods=["POST"]), *routes]

@@ -71,10 +71,12 @@ class Stored:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.added = 0
         self.event = asyncio.Event()
 
-    def __call__(self) -> None:
+    def __call__(self, added: int) -> None:
         self.calls += 1
+        self.added += added
         self.event.set()
 
     async def wait(self) -> None:
@@ -263,6 +265,7 @@ async def test_stopping_confirms_what_was_stored(tg, double, uows, clock):
     receiver.stop()
     await asyncio.wait_for(task, 5)
     assert await inbox_ids(uows) == ids
+    assert stored.added == 3
     assert double.pending_updates() == []
     assert get_updates_calls(double)[-1]["offset"] == ids[-1] + 1
 

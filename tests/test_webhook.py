@@ -35,9 +35,11 @@ UPDATE = {
 class Wakes:
     def __init__(self) -> None:
         self.count = 0
+        self.added = 0
 
-    def __call__(self) -> None:
+    def __call__(self, added: int) -> None:
         self.count += 1
+        self.added += added
 
 
 @pytest.fixture
@@ -97,11 +99,12 @@ async def test_an_update_with_the_right_secret_is_stored_before_the_answer(clien
         assert (row.payload, row.chat_id, row.received_at) == (UPDATE, -1001234567890, T0)
 
 
-async def test_a_retried_post_is_answered_and_stored_once(client, uows):
+async def test_a_retried_post_is_answered_and_stored_once(client, uows, wakes):
     for _ in range(3):
         response = await client.post("/telegram", json=UPDATE, headers={SECRET_HEADER: SECRET})
         assert response.status_code == 200
     assert await stored(uows) == [(4242, False)]
+    assert (wakes.count, wakes.added) == (3, 1)  # told of one new update
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"message": {}}'])

@@ -98,8 +98,11 @@ async def test_a_reported_problem_is_assigned_claimed_resolved_and_rated(
         port = bot_env["QUNBAN_LISTEN_PORT"]
         async with httpx.AsyncClient(timeout=10) as client:
             health = await client.get(f"http://127.0.0.1:{port}/healthz")
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         assert health.status_code == 200, health.text
         assert health.json()["late"] == []
+        assert "qunban_updates_received_total 4.0" in metrics
+        assert "qunban_updates_handled_total 4.0" in metrics
     finally:
         code = await bot.terminate()
     assert code == 0
