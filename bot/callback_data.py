@@ -34,6 +34,7 @@ def parse(data: str | None) -> ButtonData | None:
     if not parts[2].isdigit() or len(parts[2]) > 12:
         return None
     arg = parts[3] if len(parts) == 4 else None
-    if parts[1] == "rate" and arg not in RATINGS:
+    # only what the bot itself puts on a button: a rating carries its code, nothing else does
+    if (parts[1] == "rate") != (arg is not None) or (arg is not None and arg not in RATINGS):
         return None
     return ButtonData(parts[1], int(parts[2]), arg)

@@ -110,13 +110,13 @@ class TicketService:
             event = self._append(uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now)
             await uow.flush()
             self._attach(uow, ticket, event, attachments, now)
-            routed = await self._route(uow, ticket, text)
+            routed, why = await self._route(uow, ticket, text, category)
             auto = None
             if routed is not None:
                 move = flow.decide(
                     self._facts(ticket), Action.ASSIGN, flow.SYSTEM, department_id=routed
                 )
-                auto = await self._record(uow, ticket, move, None, "keywords", now)
+                auto = await self._record(uow, ticket, move, None, why, now)
             # one card, already showing where the routing rules sent it
             await self._after(uow, ticket, event, person, Origin(chat_id, message_id))
             if auto is not None:
@@ -141,18 +141,31 @@ class TicketService:
                 return enterprise.region_id, groups[0].chat_id
         return enterprise.region_id, None
 
-    async def _route(self, uow: UnitOfWork, ticket: Ticket, text: str) -> int | None:
-        """The one department whose keywords the text names, looking at the ticket's own
-        region first and then up the chain: a county bureau before the city's."""
-        for region in await uow.org.region_and_above(ticket.region_id):
+    async def _route(
+        self, uow: UnitOfWork, ticket: Ticket, text: str, category: str | None
+    ) -> tuple[int | None, str]:
+        """Where the routing rules send a new report, and why: the department the enterprise
+        chose in private, else the one department whose keywords the text names, looking at
+        the ticket's own region first and then up the chain (a county bureau before the
+        city's)."""
+        chain = await uow.org.region_and_above(ticket.region_id)
+        if category:
+            chosen = [
+                d.id
+                for d in await uow.org.departments_in([r.id for r in chain])  # type: ignore[misc]
+                if d.name == category or d.code == category
+            ]
+            if len(chosen) == 1:
+                return chosen[0], "chosen by the enterprise"
+        for region in chain:
             matched = [
                 d.id
                 for d in await uow.org.departments_in([region.id])  # type: ignore[list-item]
                 if any(k and k in text for k in d.keywords)
             ]
             if matched:
-                return matched[0] if len(matched) == 1 else None
-        return None
+                return (matched[0], "keywords") if len(matched) == 1 else (None, "")
+        return None, ""
 
     # ---- the workflow -------------------------------------------------------------------
 

@@ -39,11 +39,13 @@ async def test_an_enterprise_reports_privately_and_anonymously(harness: Harness)
     sent = await h.say("acme_boss", "Send")
 
     ticket = await h.ticket(1)
+    # the department the enterprise picked is where the ticket goes
     assert (ticket.state, ticket.anonymous, ticket.category) == (
-        TicketState.REPORTED,
+        TicketState.ASSIGNED,
         True,
         "Tax Bureau",
     )
+    assert ticket.department_id == h.org.depts["tax"]
     assert ticket.text == "The VAT refund <since May> & still nothing 😀"
     assert await h.attachments(1) == [("photo", photo.message.photo[-1].file_id)]
     # the county's group sees the county and the industry, not the enterprise
