@@ -31,7 +31,7 @@ def parse(data: str | None) -> ButtonData | None:
     parts = data.split(":")
     if len(parts) not in (3, 4) or parts[0] != PREFIX or parts[1] not in ACTIONS:
         return None
-    if not parts[2].isdigit() or len(parts[2]) > 12:
+    if not (parts[2].isascii() and parts[2].isdigit()) or len(parts[2]) > 12:
         return None
     arg = parts[3] if len(parts) == 4 else None
     # only what the bot itself puts on a button: a rating carries its code, nothing else does
