@@ -280,7 +280,10 @@ async def test_the_worker_handles_each_update_once_in_order_per_chat(harness, uo
 
 
 async def test_an_update_no_handler_changes_anything_for_is_marked_processed(harness, uows, clock):
-    harness.on_text(lambda update, context: asyncio.sleep(0))
+    async def chat(update: Update, context: Any) -> None:
+        """Reads, answers nothing, changes nothing."""
+
+    harness.on_text(chat)
     await store(uows, [message(30, "just chatting")], clock=clock)
     report = await harness.worker().process_pending()
     assert report.processed == 1
