@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from socket import gethostname
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -80,7 +81,9 @@ def build_services(
         notifier=notifier,
         tickets=TicketService(uows, clock, calendar, settings, notifier),
         queries=QueryService(uows, clock),
-        sender=OutboxSender(uows, clock, RateLimiter(limits)),
+        sender=OutboxSender(
+            uows, clock, RateLimiter(limits), instance=settings.instance_name or gethostname()
+        ),
         people=PeopleService(uows, clock),
     )
     services.ops = Ops(settings, clock, uows, services.sender, engine=engine.dialect.name)

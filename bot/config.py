@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         timedelta(minutes=15),
         description="Tell the ops chat when a message has waited this long to be sent.",
     )
+    instance_name: str | None = Field(
+        None,
+        description="This process's name for the work it leases (default: the host name); "
+        "give each process on one host its own.",
+    )
     log_format: str = Field("text", description="text or json.")
     log_level: str = Field("INFO", description="Logging level.")
 

@@ -69,15 +69,23 @@ class OutboxSender:
         self.instance = instance or uuid.uuid4().hex[:12]
         self._batch = batch
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._draining = asyncio.Lock()  # one drain at a time: a row is never claimed twice
         self.stats = SenderStats()
 
     def wake(self) -> None:
         """Something was queued: drain now rather than at the next tick."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Let `run` finish the drain in hand and return: a row is never left half sent."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self, bot: Bot, idle: float = 1.0) -> None:
         """Drain forever; wakes on `wake()`, after `idle` seconds, or when the limits allow."""
-        while True:
+        self._stopping = False
+        while not self._stopping:
             try:
                 report = await self.drain(bot)
                 pause = idle if report.next_in is None else min(idle, max(report.next_in, 0.01))
@@ -92,8 +100,14 @@ class OutboxSender:
 
     async def drain(self, bot: Bot, *, limit: int | None = None) -> DrainReport:
         """Send everything due that the limits allow now; returns what happened."""
+        async with self._draining:
+            return await self._drain(bot, limit)
+
+    async def _drain(self, bot: Bot, limit: int | None) -> DrainReport:
         report = DrainReport()
         while limit is None or report.sent + report.failed < limit:
+            if self._stopping:
+                break
             rows = await self._claim()
             if not rows:
                 break

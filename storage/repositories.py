@@ -441,12 +441,25 @@ class EventRepository(_Repository):
 
 class OutboxRepository(_Repository):
     async def due(
-        self, now: datetime, *, limit: int = 100, skip_locked: bool = False
+        self,
+        now: datetime,
+        *,
+        limit: int = 100,
+        skip_locked: bool = False,
+        owner: str | None = None,
     ) -> Sequence[Outbox]:
+        """Pending rows whose time has come and that no other live sender holds; a sender
+        restarted under the same name takes back its own leases at once."""
         query = (
             select(Outbox)
             .where(Outbox.state == OutboxState.PENDING, Outbox.not_before <= now)
-            .where(sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now))
+            .where(
+                sa.or_(
+                    col(Outbox.lease_until).is_(None),
+                    col(Outbox.lease_until) < now,
+                    col(Outbox.lease_owner) == owner,
+                )
+            )
             .order_by(Outbox.id)
             .limit(limit)
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from bot import charts, texts_digest
+from bot import texts_digest
 from bot.calendar import WorkCalendar
 from bot.clock import Clock
 from bot.config import Settings
@@ -556,6 +556,8 @@ def overdue_item(calendar: WorkCalendar, row: Any, now: datetime) -> OverdueItem
 def ranking_chart(
     lang: str, region: str, day: date | None, days: int, rows: Sequence[DepartmentFigures]
 ) -> bytes | None:
+    from bot import charts  # matplotlib costs most of a second at start-up: load it when drawn
+
     bars = [
         charts.Bar(
             r.name, r.code, r.tier, r.response.value, r.resolution.value, r.satisfaction.value
