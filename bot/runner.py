@@ -193,11 +193,9 @@ async def _drain_outbox(parts: Running, grace: float = 5.0) -> None:
 async def _stop_sender(parts: Running) -> None:
     task = parts.tasks["sender"]
     # a send cut off between Telegram's answer and its record may be repeated once on restart
-    stop = getattr(parts.services.sender, "stop", None)
-    if callable(stop):
-        stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), timeout=10)
+    parts.services.sender.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), timeout=10)
     if not task.done():
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
