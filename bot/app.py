@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from socket import gethostname
 from typing import Any
@@ -129,3 +130,15 @@ def build_application(
     if app.job_queue is not None:
         schedule_jobs(app.job_queue, services)
     return app
+
+
+async def publish_menu(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Set the command menu clients show; a refusal is logged, never fatal."""
+    from telegram.error import TelegramError
+
+    from handlers.menu import publish_menu as publish
+
+    try:
+        await publish(app.bot)
+    except TelegramError as error:
+        logging.getLogger(__name__).warning("could not set the command menu: %s", error)

@@ -18,7 +18,7 @@ import uvicorn
 from sqlalchemy.engine import make_url
 from telegram.error import InvalidToken, NetworkError, RetryAfter
 
-from bot.app import Services, build_application, build_services
+from bot.app import Services, build_application, build_services, publish_menu
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.heartbeats import RECEIVER, WORKER
@@ -106,6 +106,7 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
     app = build_application(settings, clock=clock, services=services)
     try:
         await _initialize(app, stop)
+        await publish_menu(app)
         await app.start()  # the job queue
         metrics = services.ops.metrics
 
