@@ -282,16 +282,18 @@ class OutboxSender:
             fresh.attempts += 1
             fresh.lease_until = None
             if message_id is not None and (fresh.is_card or fresh.payload.get("card_of")):
+                # an edit posted anew (its card was deleted) is the card from now on
+                reposted = fresh.method == "sendMessage" and "card_of" in fresh.payload
                 await self._remember_card(
-                    uow, fresh.ticket_id or fresh.payload.get("card_of"), message_id
+                    uow, fresh.ticket_id or fresh.payload.get("card_of"), message_id, reposted
                 )
             await uow.commit()
 
     async def _remember_card(
-        self, uow: UnitOfWork, ticket_id: int | None, message_id: int
+        self, uow: UnitOfWork, ticket_id: int | None, message_id: int, replace: bool = False
     ) -> None:
         ticket = await uow.tickets.get(ticket_id) if ticket_id else None
-        if ticket is not None and ticket.card_message_id is None:
+        if ticket is not None and (replace or ticket.card_message_id is None):
             ticket.card_message_id = message_id
 
     async def _retry(self, row: Outbox, seconds: float, error: str, *, count: bool = True) -> None:
