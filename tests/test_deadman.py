@@ -39,7 +39,7 @@ async def test_a_stalled_sweep_alerts_once_and_recovers_once(engine: AsyncEngine
             await deadman.check(env.services)
         messages = await ops_messages(env)
         assert len(messages) == 1
-        assert "idle-ticket scan has not run for 4 min (limit 3 min)" in messages[0]
+        assert "滞留工单巡检已 4 min 未运行（上限 3 min）" in messages[0]  # the ops chat reads Chinese
 
         for _ in range(3):  # still stalled: nobody is told again
             env.clock.advance(timedelta(minutes=1))
@@ -57,8 +57,8 @@ async def test_a_stalled_sweep_alerts_once_and_recovers_once(engine: AsyncEngine
             assert (result.alerted, result.recovered, result.problems) == (False, False, ())
         messages = await ops_messages(env)
         assert len(messages) == 2
-        assert "recovered" in messages[1]
-        assert "after 3 min" in messages[1]
+        assert "群办已恢复正常" in messages[1]
+        assert "异常持续 3 min" in messages[1]
 
 
 async def test_the_alert_and_the_recovery_reach_the_ops_chat(engine: AsyncEngine) -> None:
@@ -73,8 +73,8 @@ async def test_the_alert_and_the_recovery_reach_the_ops_chat(engine: AsyncEngine
         await env.drain()
         seen = env.sent_to(OPS_CHAT)
         assert len(seen) == 2
-        assert seen[0].startswith("⚠️ Qunban is falling behind")
-        assert seen[1].startswith("✅ Qunban has recovered")
+        assert seen[0].startswith("⚠️ 群办运行滞后")
+        assert seen[1].startswith("✅ 群办已恢复正常")
 
 
 async def test_a_message_stuck_in_the_outbox_alerts_even_while_every_sweep_runs(
@@ -88,7 +88,7 @@ async def test_a_message_stuck_in_the_outbox_alerts_even_while_every_sweep_runs(
             await deadman.check(env.services)
         messages = await ops_messages(env)
         assert len(messages) == 1
-        assert "the oldest unsent message has waited 16 min (limit 15 min)" in messages[0]
+        assert "最早一条未发出的消息已等待 16 min（上限 15 min）" in messages[0]
 
         await env.drain()  # the queue moves again: the alert itself goes out with it
         assert (await deadman.check(env.services)).recovered
