@@ -39,7 +39,9 @@ async def test_a_stalled_sweep_alerts_once_and_recovers_once(engine: AsyncEngine
             await deadman.check(env.services)
         messages = await ops_messages(env)
         assert len(messages) == 1
-        assert "滞留工单巡检已 4 min 未运行（上限 3 min）" in messages[0]  # the ops chat reads Chinese
+        assert (
+            "滞留工单巡检已 4 min 未运行（上限 3 min）" in messages[0]
+        )  # the ops chat reads Chinese
 
         for _ in range(3):  # still stalled: nobody is told again
             env.clock.advance(timedelta(minutes=1))
