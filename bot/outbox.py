@@ -121,7 +121,7 @@ class OutboxSender:
         now = self._clock.now()
         async with self._uows() as uow:
             rows = await uow.outbox.due(
-                now, limit=self._batch, skip_locked=uow.dialect != "sqlite"
+                now, limit=self._batch, skip_locked=uow.dialect != "sqlite", owner=self.instance
             )
             mine = []
             for row in rows:

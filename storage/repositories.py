@@ -449,7 +449,10 @@ class OutboxRepository(_Repository):
         owner: str | None = None,
     ) -> Sequence[Outbox]:
         """Pending rows whose time has come and that no other live sender holds; a sender
-        restarted under the same name takes back its own leases at once."""
+        restarted under the same name takes back its own leases at once. Only the first
+        pending row of each chat: a long queue for one chat must not fill the batch and hold
+        up every other chat behind it."""
+        earlier = aliased(Outbox)
         query = (
             select(Outbox)
             .where(Outbox.state == OutboxState.PENDING, Outbox.not_before <= now)
@@ -458,6 +461,13 @@ class OutboxRepository(_Repository):
                     col(Outbox.lease_until).is_(None),
                     col(Outbox.lease_until) < now,
                     col(Outbox.lease_owner) == owner,
+                )
+            )
+            .where(
+                ~sa.exists().where(
+                    col(earlier.chat_id) == col(Outbox.chat_id),
+                    col(earlier.state) == OutboxState.PENDING,
+                    col(earlier.id) < col(Outbox.id),
                 )
             )
             .order_by(Outbox.id)

@@ -4,15 +4,19 @@ doubled but what Telegram's lack of an idempotency key allows."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterable
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 from telegram import Bot
 
@@ -20,10 +24,11 @@ from bot.calendar import load_calendar
 from bot.clock import ManualClock
 from bot.config import Settings
 from bot.notify import Notifier
-from bot.outbox import MAX_ATTEMPTS, DrainReport, OutboxSender
+from bot.outbox import LEASE, MAX_ATTEMPTS, DrainReport, OutboxSender
 from bot.ratelimit import Limits, RateLimiter
 from bot.services.tickets import TicketService
 from bot.teledouble import DoubleRequest, TeleDouble
+from storage.db import create_schema, make_engine, make_session_factory
 from storage.tables import ChatGroup, Outbox, OutboxState, Person, Ticket
 from storage.uow import UnitOfWorkFactory
 from tests.factories import COUNTY_GROUP, GROUP, Org, build_org
@@ -124,7 +129,11 @@ class Env:
         return found
 
     async def pending(self) -> list[Outbox]:
-        return [r for r in await self.rows() if r.state == OutboxState.PENDING]
+        async with self.uows(readonly=True) as uow:
+            query = select(Outbox).where(Outbox.state == OutboxState.PENDING)
+            found = list((await uow.session.exec(query.order_by(Outbox.id))).all())
+            uow.session.expunge_all()
+        return found
 
     def texts_to(self, chat_id: int) -> list[str]:
         return [r.text or "" for r in self.double.sent_to(chat_id)]
@@ -137,11 +146,20 @@ class Env:
             and c.params.get("chat_id") == chat_id
         ]
 
-    async def settle(self, sender: OutboxSender, *, rounds: int = 2000) -> Settled:
+    async def settle(
+        self,
+        sender: OutboxSender,
+        *,
+        rounds: int = 2000,
+        each_round: Callable[[int], object] | None = None,
+    ) -> Settled:
         """Drain; when nothing more may go now, move the clock to the next moment something
-        may (a retry, a lease, the limits), until nothing is pending."""
+        may (a retry, a lease, the limits), until nothing is pending. `each_round(n)` runs
+        before each drain (to inject faults)."""
         out, start = Settled(), self.clock.now()
-        for _ in range(rounds):
+        for n in range(rounds):
+            if each_round is not None:
+                each_round(n)
             out.rounds += 1
             report = await sender.drain(self.bot)
             out.reports.append(report)
@@ -262,6 +280,26 @@ async def test_rows_go_out_in_order_per_chat_within_the_limits(env, record_prope
     assert all(r.sent_message_id == delivered[r.chat_id, r.payload["text"]] for r in rows)
     assert all(r.lease_until is None and r.sent_at is not None for r in rows)
     assert (env.double.violations, env.double.early_retries) == (0, 0), line
+
+
+async def test_a_long_queue_for_one_chat_holds_up_no_other_chat(env, record_property):
+    """A burst to one group (a digest, an announcement) waits out the group's 20 a minute;
+    a message queued behind it for someone else goes at once (RELIABILITY B5)."""
+    env.double.enforce_limits()
+    await env.queue(GROUP, [f"metro #{i}" for i in range(120)])
+    await env.queue(env.org["tax_head"], ["to the head"])
+    await env.queue(COUNTY_GROUP, ["to the county"])
+    report = await env.sender().drain(env.bot)
+    line = figures(
+        record_property,
+        "a burst to one chat",
+        burst=120,
+        others_sent_at_once=len(env.texts_to(env.org["tax_head"]) + env.texts_to(COUNTY_GROUP)),
+        deferred=report.deferred,
+    )
+    assert env.texts_to(GROUP) == ["metro #0"], line
+    assert env.texts_to(env.org["tax_head"]) == ["to the head"], line
+    assert env.texts_to(COUNTY_GROUP) == ["to the county"], line
 
 
 # --------------------------------------------------------------------------- the ticket card
@@ -488,3 +526,376 @@ async def test_a_send_whose_answer_never_came_is_retried_and_counted_as_ambiguou
     assert doubled == 1 <= sender.stats.ambiguous, line
     assert env.texts_to(GROUP) == ["metro #0", "metro #0", "metro #1"]
     assert env.texts_to(env.org["tax_head"]) == ["to the head"]
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+class CrashingSender(OutboxSender):
+    """Dies, as a killed process would, at one point of its n-th send."""
+
+    def __init__(self, *args: Any, point: str, nth: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.point, self.nth, self.calls = point, nth, 0
+
+    async def _call(self, bot: Bot, row: Outbox) -> Any:
+        self.calls += 1
+        if self.point == "claimed" and self.calls == self.nth:
+            raise ProcessDied
+        return await super()._call(bot, row)
+
+    async def _record_sent(self, row: Outbox, message: Any) -> None:
+        if self.point == "accepted" and self.calls == self.nth:
+            raise ProcessDied
+        await super()._record_sent(row, message)
+        if self.point == "recorded" and self.calls == self.nth:
+            raise ProcessDied
+
+
+async def queue_for_chats(env: Env, chats: list[int], per_chat: int) -> dict[int, list[str]]:
+    """per_chat messages to each chat, interleaved; returns what each chat must get, in order."""
+    queued: dict[int, list[str]] = {chat: [] for chat in chats}
+    async with env.uows() as uow:
+        for i in range(per_chat):
+            for chat in chats:
+                text = f"to {chat} #{i}"
+                env.notifier.message(uow, chat, text)
+                queued[chat].append(text)
+        await uow.commit()
+    return queued
+
+
+def accepted(env: Env) -> dict[tuple[int, str], int]:
+    """How many times Telegram accepted each (chat, text)."""
+    seen: dict[tuple[int, str], int] = {}
+    for record in env.double.sent:
+        key = (record.chat_id, record.text or "")
+        seen[key] = seen.get(key, 0) + 1
+    return seen
+
+
+async def in_the_window(env: Env, before: dict[tuple[int, str], int]) -> int:
+    """Rows Telegram accepted since `before` whose sending was never recorded: a crash landed
+    between Telegram's answer and the commit. Each will be sent once more."""
+    now = accepted(env)
+    return sum(
+        1
+        for row in await env.pending()
+        if now.get((row.chat_id, row.payload["text"]), 0)
+        > before.get((row.chat_id, row.payload["text"]), 0)
+    )
+
+
+def first_seen_order_kept(env: Env, queued: dict[int, list[str]]) -> bool:
+    for chat, texts in queued.items():
+        firsts = list(dict.fromkeys(env.texts_to(chat)))
+        if firsts != texts:
+            return False
+    return True
+
+
+def lost(env: Env, queued: dict[int, list[str]]) -> int:
+    got = accepted(env)
+    return sum(1 for chat, texts in queued.items() for t in texts if (chat, t) not in got)
+
+
+# where the process dies, and how many duplicates that may cost
+CRASH_POINTS = {"claimed": 0, "accepted": 1, "recorded": 0}
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+async def test_a_sender_that_dies_mid_drain_loses_nothing_and_repeats_only_the_message_in_flight(
+    env, point, record_property
+):
+    """After the lease, a sender of another name takes over: nothing is lost, and the only
+    repeat is a message Telegram had accepted when the process died ("accepted")."""
+    chats = [GROUP, COUNTY_GROUP, env.org["tax_head"], env.org["tax_clerk"]]
+    queued = await queue_for_chats(env, chats, 5)
+    env.double.enforce_limits()
+    dead = env.sender(kind=CrashingSender, point=point, nth=7, instance="dead")
+    with pytest.raises(ProcessDied):
+        await env.settle(dead)
+    window = await in_the_window(env, {})
+    held = [r for r in await env.pending() if r.lease_owner == "dead" and r.lease_until]
+    held_chats = {r.chat_id for r in held if r.lease_until > env.clock.now()}
+    assert held_chats, "the dead sender still holds what it had claimed"
+    env.clock.advance(timedelta(seconds=1))  # a process takes a moment to start again
+    restarted = env.sender(instance="alive")
+    before = len(env.double.sent)
+    await restarted.drain(env.bot)
+    assert not {r.chat_id for r in env.double.sent[before:]} & held_chats  # the lease holds
+    env.clock.advance(LEASE)
+    await env.settle(restarted)
+    doubled = env.double.count_duplicates()
+    line = figures(
+        record_property,
+        f"crash at {point}",
+        rows=20,
+        lost=lost(env, queued),
+        doubled=doubled,
+        crashes_inside_the_window=window,
+        violations=env.double.violations,
+    )
+    assert lost(env, queued) == 0, line
+    assert window == CRASH_POINTS[point], line
+    assert doubled == window, line
+    assert first_seen_order_kept(env, queued), line
+    assert env.double.violations == 0, line
+
+
+async def test_a_sender_restarted_under_its_own_name_takes_back_its_leases_at_once(env):
+    queued = await queue_for_chats(env, [GROUP, env.org["tax_head"]], 3)
+    dead = env.sender(kind=CrashingSender, point="claimed", nth=1, instance="host-a", limits=None)
+    with pytest.raises(ProcessDied):
+        await dead.drain(env.bot)
+    await env.sender(instance="host-a", limits=None).drain(env.bot)  # the clock has not moved
+    assert lost(env, queued) == 0
+    assert env.double.count_duplicates() == 0
+    assert first_seen_order_kept(env, queued)
+
+
+class KillSwitch:
+    """Cancels the task it is called from at its n-th moment: a kill -9 at that point."""
+
+    def __init__(self) -> None:
+        self.at = 0
+        self.count = 0
+
+    def arm(self, at: int) -> None:
+        self.at, self.count = at, 0
+
+    def moment(self) -> None:
+        self.count += 1
+        if self.count == self.at and (task := asyncio.current_task()) is not None:
+            task.cancel()
+
+
+class KilledUows(UnitOfWorkFactory):
+    """Every unit of work the sender opens is a moment the process may die at."""
+
+    def __init__(self, uows: UnitOfWorkFactory, switch: KillSwitch) -> None:
+        super().__init__(uows.sessions)
+        self.switch = switch
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.switch.moment()
+        return super().__call__(**kwargs)
+
+
+class KilledRequest(DoubleRequest):
+    """The moment right after Telegram answered is one the process may die at too."""
+
+    def __init__(self, double: TeleDouble, switch: KillSwitch) -> None:
+        super().__init__(double)
+        self.switch = switch
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        answer = await super().do_request(*args, **kwargs)
+        self.switch.moment()
+        return answer
+
+
+@pytest.fixture
+async def shared_url(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[str]:
+    """A database that several engines (processes) can open: a file for SQLite."""
+    if engine.dialect.name != "sqlite":
+        yield engine.url.render_as_string(hide_password=False)
+        return
+    url = f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}"
+    file_engine = make_engine(url)
+    await create_schema(file_engine)
+    await file_engine.dispose()
+    yield url
+
+
+KILLS = 20
+
+
+async def test_twenty_kills_at_random_moments_lose_nothing_and_repeat_only_what_was_in_flight(
+    shared_url, record_property
+):
+    """RELIABILITY C1 for the sender: every incarnation gets its own engine and name and is
+    cancelled at a random moment (a unit of work opening, or just after Telegram answered);
+    the next starts after the lease. Duplicates equal the kills that landed in the window."""
+    rng = random.Random(4)
+    main = make_engine(shared_url)
+    try:
+        async with open_env(UnitOfWorkFactory(make_session_factory(main))) as env:
+            chats = [GROUP - n for n in range(10)] + [6_000_000_000 + n for n in range(10)]
+            queued = await queue_for_chats(env, chats, 10)
+            switch, window, kills = KillSwitch(), 0, 0
+            for life in range(KILLS):
+                before = accepted(env)
+                finished = await _live(env, shared_url, switch, life, rng.randint(3, 40))
+                kills += not finished
+                window += await in_the_window(env, before)
+                if finished:
+                    break
+                env.clock.advance(LEASE + timedelta(seconds=1))
+            else:
+                await env.settle(env.sender(instance="last", limits=None))
+            doubled = env.double.count_duplicates()
+            line = figures(
+                record_property,
+                "sender killed at random moments",
+                rows=200,
+                kills=kills,
+                kills_inside_the_window=window,
+                lost=lost(env, queued),
+                doubled=doubled,
+            )
+            assert kills == KILLS, line
+            assert lost(env, queued) == 0, line
+            assert doubled == window, line
+            assert first_seen_order_kept(env, queued), line
+            assert {r.state for r in await env.rows()} == {OutboxState.SENT}, line
+    finally:
+        await main.dispose()
+
+
+async def _live(env: Env, url: str, switch: KillSwitch, life: int, kill_at: int) -> bool:
+    """One incarnation of the sender, with its own engine, Bot and name; True when it
+    emptied the queue before its kill came."""
+    engine = make_engine(url)
+    uows = KilledUows(UnitOfWorkFactory(make_session_factory(engine)), switch)
+    try:
+        async with Bot(env.double.token, request=KilledRequest(env.double, switch)) as bot:
+            sender = env.sender(instance=f"life-{life}", uows=uows, limits=None)
+            switch.arm(kill_at)
+
+            async def drain_until_empty() -> None:
+                while True:
+                    await sender.drain(bot)
+                    async with uows(readonly=True) as uow:
+                        if not await uow.outbox.depth():
+                            return
+                    env.clock.advance(timedelta(seconds=1))
+
+            task = asyncio.create_task(drain_until_empty())
+            try:
+                await task
+            except asyncio.CancelledError:
+                return False
+            finally:
+                switch.arm(0)
+            return True
+    finally:
+        await engine.dispose()  # the process is gone: its connections close
+
+
+# --------------------------------------------------------------------------- several instances
+
+ON_POSTGRES = pytest.mark.parametrize(
+    "engine", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@asynccontextmanager
+async def second_process(env: Env, url: str) -> AsyncIterator[tuple[UnitOfWorkFactory, Bot]]:
+    """Another process over the same database: its own engine, pool and Bot."""
+    engine = make_engine(url)
+    try:
+        async with Bot(env.double.token, request=DoubleRequest(env.double)) as bot:
+            yield UnitOfWorkFactory(make_session_factory(engine)), bot
+    finally:
+        await engine.dispose()
+
+
+async def drain_together(
+    env: Env, senders: list[tuple[OutboxSender, Bot]], *, rounds: int = 200
+) -> list[BaseException | DrainReport]:
+    """All senders drain at once, again and again, until the queue is empty, nobody gets
+    anything more out, or all are dead."""
+    outcomes: list[BaseException | DrainReport] = []
+    alive = list(senders)
+    for _ in range(rounds):
+        results = await asyncio.gather(
+            *(sender.drain(bot) for sender, bot in alive), return_exceptions=True
+        )
+        outcomes.extend(results)
+        reports = [r for r in results if isinstance(r, DrainReport)]
+        alive = [s for s, r in zip(alive, results, strict=True) if isinstance(r, DrainReport)]
+        if not alive or not await env.pending() or not any(r.sent for r in reports):
+            break
+    return outcomes
+
+
+@ON_POSTGRES
+async def test_two_senders_on_postgresql_send_each_of_500_rows_exactly_once_in_order(
+    env, pg_url, record_property
+):
+    """RELIABILITY C4: SKIP LOCKED and the lease split the work between two processes; the
+    order per chat holds across them."""
+    chats = [GROUP - n for n in range(25)] + [6_000_000_000 + n for n in range(25)]
+    queued = await queue_for_chats(env, chats, 10)
+    async with second_process(env, pg_url) as (other_uows, other_bot):
+        # a batch is the first row of up to `batch` chats: 10 leaves chats for the other
+        a = env.sender(limits=None, instance="a", batch=10)
+        b = env.sender(limits=None, instance="b", uows=other_uows, batch=10)
+        outcomes = await drain_together(env, [(a, env.bot), (b, other_bot)])
+    by_a, by_b = a.stats.sent, b.stats.sent
+    doubled = env.double.count_duplicates()
+    line = figures(
+        record_property,
+        "two senders on PostgreSQL",
+        rows=500,
+        chats=50,
+        sent_by_a=by_a,
+        sent_by_b=by_b,
+        rounds=len(outcomes) // 2,
+        lost=lost(env, queued),
+        doubled=doubled,
+    )
+    assert [o for o in outcomes if not isinstance(o, DrainReport)] == []
+    assert len(env.double.sent) == 500, line
+    assert (lost(env, queued), doubled) == (0, 0), line
+    assert all(env.texts_to(chat) == texts for chat, texts in queued.items()), line
+    assert by_a + by_b == 500, line
+    assert by_a > 0, line
+    assert by_b > 0, line
+
+
+@ON_POSTGRES
+async def test_a_sender_that_dies_mid_batch_leaves_its_rows_to_the_other_after_the_lease(
+    env, pg_url, record_property
+):
+    """RELIABILITY C4: kill one instance mid-batch; its claims are taken over once the lease
+    ends, each row still sent once (it died before sending, outside the window)."""
+    chats = [GROUP - n for n in range(25)] + [6_000_000_000 + n for n in range(25)]
+    queued = await queue_for_chats(env, chats, 10)
+    async with second_process(env, pg_url) as (other_uows, other_bot):
+        a = env.sender(limits=None, instance="a", batch=10)
+        b = env.sender(
+            limits=None,
+            instance="b",
+            uows=other_uows,
+            batch=10,
+            kind=CrashingSender,
+            point="claimed",
+            nth=5,
+        )
+        outcomes = await drain_together(env, [(a, env.bot), (b, other_bot)])
+        assert any(isinstance(o, ProcessDied) for o in outcomes)
+        pending = await env.pending()
+        orphaned = [r for r in pending if r.lease_owner == "b" and r.lease_until]
+        held = {r.chat_id for r in orphaned}
+        assert orphaned, "b died holding a claimed batch"
+        assert {r.chat_id for r in pending} == held  # a sent everything else meanwhile
+        waited = LEASE + timedelta(seconds=1)
+        env.clock.advance(waited)
+        await drain_together(env, [(a, env.bot)])
+    doubled = env.double.count_duplicates()
+    line = figures(
+        record_property,
+        "a sender dies on PostgreSQL",
+        rows=500,
+        sent_before_death_by_b=b.stats.sent,
+        orphaned_claims=len(orphaned),
+        rows_behind_them=len(pending) - len(orphaned),
+        recovered_after_s=waited.total_seconds(),
+        lost=lost(env, queued),
+        doubled=doubled,
+    )
+    assert (lost(env, queued), doubled) == (0, 0), line
+    assert all(env.texts_to(chat) == texts for chat, texts in queued.items()), line
+    assert not await env.pending()
