@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,8 +51,7 @@ async def test_any_arguments_are_answered_without_an_error(
     if not h.sources:
         for state in ("reported", "assigned", "claimed", "resolved"):
             await h.make_ticket(state, quiet=True)
-    started = time.perf_counter()
+    # (how long each answer takes is measured by the benchmarks, not asserted on a shared box)
     await h.say(who, f"{command} {args}"[:4096], GROUP if in_group else None)
-    assert time.perf_counter() - started < 2.0
     assert h.errors == []
     assert await h.failed_sends() == []
