@@ -219,9 +219,14 @@ def _exceptions_section(lang: str, d: Digest) -> list[str]:
 
 def _ranking_section(lang: str, rows: Sequence[DepartmentFigures], days: int) -> list[str]:
     title = _(lang, "Departments, last {n} days", n=days)
-    if not rows:
+    ranked = [row for row in rows if row.score is not None]
+    if not ranked:
         return ["", f"<b>{title}</b>", _(lang, "No tickets were assigned in that time.")]
-    return ["", f"<b>{title}</b>", *(department_line(lang, row) for row in rows)]
+    lines = ["", f"<b>{title}</b>", *(department_line(lang, row) for row in ranked)]
+    if idle := len(rows) - len(ranked):
+        # a leader reads the departments that had work; the rest are one line
+        lines.append(_(lang, "{n} other departments had no tickets.", n=idle))
+    return lines
 
 
 def ranking(lang: str, region: str, days: int, rows: Sequence[DepartmentFigures]) -> str:
