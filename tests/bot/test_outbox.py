@@ -722,11 +722,11 @@ async def test_twenty_kills_at_random_moments_lose_nothing_and_repeat_only_what_
     try:
         async with open_env(UnitOfWorkFactory(make_session_factory(main))) as env:
             chats = [GROUP - n for n in range(10)] + [6_000_000_000 + n for n in range(10)]
-            queued = await queue_for_chats(env, chats, 10)
+            queued = await queue_for_chats(env, chats, 6)
             switch, window, kills = KillSwitch(), 0, 0
             for life in range(KILLS):
                 before = accepted(env)
-                finished = await _live(env, shared_url, switch, life, rng.randint(3, 40))
+                finished = await _live(env, shared_url, switch, life, rng.randint(3, 30))
                 kills += not finished
                 window += await in_the_window(env, before)
                 if finished:
@@ -738,7 +738,7 @@ async def test_twenty_kills_at_random_moments_lose_nothing_and_repeat_only_what_
             line = figures(
                 record_property,
                 "sender killed at random moments",
-                rows=200,
+                rows=120,
                 kills=kills,
                 kills_inside_the_window=window,
                 lost=lost(env, queued),
@@ -862,7 +862,7 @@ async def test_a_sender_that_dies_mid_batch_leaves_its_rows_to_the_other_after_t
     """RELIABILITY C4: kill one instance mid-batch; its claims are taken over once the lease
     ends, each row still sent once (it died before sending, outside the window)."""
     chats = [GROUP - n for n in range(25)] + [6_000_000_000 + n for n in range(25)]
-    queued = await queue_for_chats(env, chats, 10)
+    queued = await queue_for_chats(env, chats, 4)
     async with second_process(env, pg_url) as (other_uows, other_bot):
         a = env.sender(limits=None, instance="a", batch=10)
         b = env.sender(
@@ -888,7 +888,7 @@ async def test_a_sender_that_dies_mid_batch_leaves_its_rows_to_the_other_after_t
     line = figures(
         record_property,
         "a sender dies on PostgreSQL",
-        rows=500,
+        rows=200,
         sent_before_death_by_b=b.stats.sent,
         orphaned_claims=len(orphaned),
         rows_behind_them=len(pending) - len(orphaned),
