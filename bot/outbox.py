@@ -11,7 +11,15 @@ from datetime import timedelta
 from typing import Any
 
 from telegram import Bot, InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters
-from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TimedOut,
+)
 
 from bot.clock import Clock
 from bot.ratelimit import RateLimiter
@@ -186,6 +194,13 @@ class OutboxSender:
             return await self._network(row, err, report)
         except NetworkError as err:
             return await self._network(row, err, report)
+        except InvalidToken:
+            raise  # nothing can be sent: stop, rather than give up every row
+        except Exception as err:
+            # the request could not even be made (a bad payload, a failed read): retried
+            # and then given up like a network error, so one row cannot stop the drain
+            log.exception("outbox row %s to chat %s not sent", row.id, row.chat_id)
+            return await self._network(row, err, report, f"error: {err!r}")
         await self._record_sent(row, message)
         report.sent += 1
         self.stats.sent += 1
@@ -260,13 +275,16 @@ class OutboxSender:
         report.errors.append(err.message)
         return True
 
-    async def _network(self, row: Outbox, err: Exception, report: DrainReport) -> bool:
+    async def _network(
+        self, row: Outbox, err: Exception, report: DrainReport, error: str | None = None
+    ) -> bool:
+        error = error or f"network: {err}"
         if row.attempts + 1 >= MAX_ATTEMPTS:
-            await self._give_up(row, f"network: {err}")
+            await self._give_up(row, error)
             report.failed += 1
             return True
         backoff = min(300.0, 2.0**row.attempts)
-        await self._retry(row, backoff, f"network: {err}")
+        await self._retry(row, backoff, error)
         report.retried += 1
         self.stats.retried += 1
         return False

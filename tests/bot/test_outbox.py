@@ -410,6 +410,27 @@ async def test_html_telegram_cannot_parse_fails_once_with_the_error_recorded(env
     assert len(env.calls_to(GROUP)) == 2
 
 
+async def test_a_row_that_cannot_even_be_sent_holds_up_nobody_and_is_given_up_in_the_end(env):
+    """A row Telegram never sees (its payload cannot make a request) is retried with backoff
+    like a network error and given up with its error; it does not stop the drain."""
+    await env.queue(GROUP, ["metro #0"])
+    bad = await env.add(
+        Outbox(chat_id=COUNTY_GROUP, payload={"parse_mode": "HTML"}, created_at=T0, not_before=T0)
+    )
+    await env.queue(env.org["tax_head"], ["to the head"])
+    await env.queue(COUNTY_GROUP, ["east #1"])
+    sender = env.sender(instance="host-a")
+    report = await sender.drain(env.bot)
+    assert env.texts_to(GROUP) == ["metro #0"]
+    assert env.texts_to(env.org["tax_head"]) == ["to the head"]
+    assert (report.retried, (await env.row(bad)).attempts) == (1, 1)
+    await env.settle(sender)
+    row = await env.row(bad)
+    assert (row.state, row.attempts) == (OutboxState.FAILED, MAX_ATTEMPTS)
+    assert "KeyError" in row.last_error
+    assert env.texts_to(COUNTY_GROUP) == ["east #1"]  # its chat goes on after it
+
+
 async def test_a_group_that_became_a_supergroup_takes_its_binding_tickets_and_queue_along(env):
     """RELIABILITY A10: ChatMigrated handled, the message delivered at the new id."""
     basic = -4_000_000_123
