@@ -253,12 +253,17 @@ def calendar(year: int | None) -> None:
 @main.command()
 @click.argument("scenario", required=False)
 @click.option("--lang", "language", type=click.Choice(["zh", "en"]), default="zh")
-def simulate(scenario: str | None, language: str) -> None:
+@click.option(
+    "--charts",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save the digest charts the leaders were sent into this folder.",
+)
+def simulate(scenario: str | None, language: str, charts: Path | None) -> None:
     """Play a scripted working week offline and print what each chat saw."""
     from bot.simulate import ScenarioError, run_scenario
 
     try:
-        asyncio.run(run_scenario(scenario, language=language, out=sys.stdout))
+        asyncio.run(run_scenario(scenario, language=language, out=sys.stdout, charts=charts))
     except ScenarioError as err:
         raise click.ClickException(str(err)) from None
 

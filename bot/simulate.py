@@ -116,7 +116,9 @@ def load_scenario(path: Path, tz: ZoneInfo) -> Scenario:
     )
 
 
-async def run_scenario(name: str | None, *, language: str = "zh", out: TextIO) -> None:
+async def run_scenario(
+    name: str | None, *, language: str = "zh", out: TextIO, charts: Path | None = None
+) -> None:
     """Play a scenario from start to end and print what each chat saw."""
     from bot.simulation import Simulation
 
@@ -129,7 +131,7 @@ async def run_scenario(name: str | None, *, language: str = "zh", out: TextIO) -
         scenario = load_scenario(find_scenario(name), settings.tz)
         overrides = {k: parse_duration(v) for k, v in scenario.settings.items()}
         settings = settings.model_copy(update=overrides)
-        simulation = Simulation(scenario, settings, language=language, out=out)
+        simulation = Simulation(scenario, settings, language=language, out=out, charts=charts)
         await simulation.play()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from sqlmodel import select
@@ -55,8 +56,15 @@ class Simulation:
     """Plays a scenario: people's messages go in as updates, time moves in ticks."""
 
     def __init__(
-        self, scenario: Scenario, settings: Settings, *, language: str, out: TextIO
+        self,
+        scenario: Scenario,
+        settings: Settings,
+        *,
+        language: str,
+        out: TextIO,
+        charts: Path | None = None,
     ) -> None:
+        self.charts = charts
         self.scenario = scenario
         self.settings = settings
         self.language = language
@@ -204,7 +212,23 @@ class Simulation:
             await services.sender.drain(app.bot)
             if not updates:
                 break
+        await self._save_charts()
         self._show_new()
+
+    async def _save_charts(self) -> None:
+        """Keep the digest charts the leaders were sent, as PNG files, when asked to."""
+        if self.charts is None:
+            return
+        for record in self.double.sent[self._seen_sent :]:
+            if record.method.lower() != "sendphoto":
+                continue
+            message = self.double.message(record.chat_id, record.message_id) or {}
+            file_id = message["photo"][-1]["file_id"]
+            path = (await self.double.call("getFile", {"file_id": file_id}))["file_path"]
+            moment = record.at.astimezone(self.settings.tz)
+            name = f"{moment:%Y-%m-%d}-{self.chat_names.get(record.chat_id, record.chat_id)}.png"
+            self.charts.mkdir(parents=True, exist_ok=True)
+            (self.charts / name).write_bytes(self.double.file_bytes(path) or b"")
 
     def _show_new(self) -> None:
         for record in self.double.sent[self._seen_sent :]:
