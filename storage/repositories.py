@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,14 +54,39 @@ class _Repository:
 
 
 class OrgRepository(_Repository):
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        # The org chart barely changes, and one unit of work asks for the same rows again and
+        # again (a report's card, its lines and its notes each name the enterprise, region and
+        # department). An answer read once is kept for the unit of work: it also keeps the rows
+        # alive, which the session's identity map holds only weakly. Adding a row or moving a
+        # chat forgets them all.
+        self._known: dict[tuple[Any, ...], Any] = {}
+
+    async def _once(self, key: tuple[Any, ...], read: Callable[[], Awaitable[Any]]) -> Any:
+        if key not in self._known:
+            self._known[key] = await read()
+        return self._known[key]
+
+    def add(self, row: Any) -> None:
+        self._known.clear()
+        super().add(row)
+
     async def region(self, region_id: int) -> Region | None:
-        return await self.session.get(Region, region_id)
+        return await self._once(("region", region_id), lambda: self.session.get(Region, region_id))
 
     async def region_by_code(self, code: str) -> Region | None:
         return (await self.session.exec(select(Region).where(Region.code == code))).first()
 
     async def all_regions(self) -> Sequence[Region]:
-        return (await self.session.exec(select(Region).order_by(Region.id))).all()
+        query = select(Region).order_by(Region.id)
+        return await self._once(("regions",), lambda: self._all(query))
+
+    async def _all(self, query: Any) -> Sequence[Any]:
+        return (await self.session.exec(query)).all()
+
+    async def _first(self, query: Any) -> Any:
+        return (await self.session.exec(query)).first()
 
     async def region_and_below(self, region_id: int) -> frozenset[int]:
         """The region and every region under it (a city and its counties)."""
@@ -86,30 +111,36 @@ class OrgRepository(_Repository):
         return chain
 
     async def department(self, department_id: int) -> Department | None:
-        return await self.session.get(Department, department_id)
+        return await self._once(
+            ("department", department_id), lambda: self.session.get(Department, department_id)
+        )
 
     async def department_by_code(self, code: str) -> Department | None:
         return (await self.session.exec(select(Department).where(Department.code == code))).first()
 
     async def departments_in(self, region_ids: Sequence[int]) -> Sequence[Department]:
         query = select(Department).where(col(Department.region_id).in_(region_ids))
-        return (await self.session.exec(query.order_by(Department.id))).all()
+        key = ("departments_in", *region_ids)
+        return await self._once(key, lambda: self._all(query.order_by(Department.id)))
 
     async def all_departments(self) -> Sequence[Department]:
-        return (await self.session.exec(select(Department).order_by(Department.id))).all()
+        query = select(Department).order_by(Department.id)
+        return await self._once(("departments",), lambda: self._all(query))
 
     async def enterprise(self, enterprise_id: int) -> Enterprise | None:
-        return await self.session.get(Enterprise, enterprise_id)
+        return await self._once(
+            ("enterprise", enterprise_id), lambda: self.session.get(Enterprise, enterprise_id)
+        )
 
     async def enterprise_by_code(self, code: str) -> Enterprise | None:
         return (await self.session.exec(select(Enterprise).where(Enterprise.code == code))).first()
 
     async def person(self, person_id: int) -> Person | None:
-        return await self.session.get(Person, person_id)
+        return await self._once(("person", person_id), lambda: self.session.get(Person, person_id))
 
     async def person_by_telegram(self, telegram_id: int) -> Person | None:
         query = select(Person).where(Person.telegram_id == telegram_id)
-        return (await self.session.exec(query)).first()
+        return await self._once(("telegram", telegram_id), lambda: self._first(query))
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
@@ -118,7 +149,8 @@ class OrgRepository(_Repository):
     async def people(self, ids: Sequence[int]) -> Sequence[Person]:
         if not ids:
             return []
-        return (await self.session.exec(select(Person).where(col(Person.id).in_(ids)))).all()
+        query = select(Person).where(col(Person.id).in_(ids))
+        return await self._once(("people", *ids), lambda: self._all(query))
 
     async def officials_of(
         self, department_id: int, *, heads_only: bool = False
@@ -128,32 +160,34 @@ class OrgRepository(_Repository):
         )
         if heads_only:
             query = query.where(Person.is_head)
-        return (await self.session.exec(query.order_by(Person.id))).all()
+        key = ("officials", department_id, heads_only)
+        return await self._once(key, lambda: self._all(query.order_by(Person.id)))
 
     async def people_with_role(self, role: Role, region_ids: Sequence[int]) -> Sequence[Person]:
         query = select(Person).where(
             Person.role == role, col(Person.region_id).in_(region_ids), Person.active
         )
-        return (await self.session.exec(query.order_by(Person.id))).all()
+        key = ("role", role, *region_ids)
+        return await self._once(key, lambda: self._all(query.order_by(Person.id)))
 
     async def all_people_with_role(self, role: Role) -> Sequence[Person]:
         query = select(Person).where(Person.role == role, Person.active)
         return (await self.session.exec(query.order_by(Person.id))).all()
 
     async def group_by_chat(self, chat_id: int) -> ChatGroup | None:
-        return (
-            await self.session.exec(select(ChatGroup).where(ChatGroup.chat_id == chat_id))
-        ).first()
+        query = select(ChatGroup).where(ChatGroup.chat_id == chat_id)
+        return await self._once(("group", chat_id), lambda: self._first(query))
 
     async def groups_of(self, region_id: int) -> Sequence[ChatGroup]:
         query = select(ChatGroup).where(ChatGroup.region_id == region_id).order_by(ChatGroup.id)
-        return (await self.session.exec(query)).all()
+        return await self._once(("groups_of", region_id), lambda: self._all(query))
 
     async def invite(self, code: str) -> Invite | None:
         return (await self.session.exec(select(Invite).where(Invite.code == code))).first()
 
     async def move_chat(self, old: int, new: int) -> None:
         """A group migrated to a supergroup: its binding, tickets and queue follow the new id."""
+        self._known.clear()
         await self.session.exec(  # type: ignore[call-overload]
             sa.update(ChatGroup).where(col(ChatGroup.chat_id) == old).values(chat_id=new)
         )
