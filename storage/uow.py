@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -57,13 +58,25 @@ class UnitOfWork:
         *,
         readonly: bool = False,
         marks_update: bool = True,
+        writers: WriterTurn | None = None,
     ):
         self._sessions = sessions
         self._readonly = readonly
         self._marks_update = marks_update
         self._committed = False
+        self._writers = None if readonly else writers
 
     async def __aenter__(self) -> Self:
+        if self._writers is not None:
+            await self._writers.acquire()
+        try:
+            return await self._open()
+        except BaseException:
+            if self._writers is not None:
+                self._writers.release()
+            raise
+
+    async def _open(self) -> Self:
         self.session = self._sessions()
         if self._readonly:
             await self.session.connection(execution_options={READONLY: True})
@@ -85,7 +98,11 @@ class UnitOfWork:
             if not self._committed:
                 await self.session.rollback()
         finally:
-            await self.session.close()
+            try:
+                await self.session.close()
+            finally:
+                if self._writers is not None:
+                    self._writers.release()
 
     @property
     def dialect(self) -> str:
@@ -120,13 +137,41 @@ class UnitOfWork:
         await self.session.flush()
 
 
+class WriterTurn:
+    """SQLite lets one transaction write at a time; the others sleep and retry inside the
+    driver (the busy timeout, in steps of up to 100 ms), so two writers of one process cost
+    each other whole sleeps. Here they wait their turn instead: the next one starts the moment
+    the last one ends. A unit of work that writes inside another one's turn, in the same task,
+    would wait forever; it is refused."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None
+
+    async def acquire(self) -> None:
+        task = asyncio.current_task()
+        if self._holder is not None and self._holder is task:
+            raise RuntimeError("a writing unit of work inside another one in the same task")
+        await self._lock.acquire()
+        self._holder = task
+
+    def release(self) -> None:
+        self._holder = None
+        self._lock.release()
+
+
 class UnitOfWorkFactory:
     """Makes units of work over one session factory: `async with uows() as uow`."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self._writers = WriterTurn() if sqlite else None
 
     def __call__(self, *, readonly: bool = False, marks_update: bool = True) -> UnitOfWork:
         """`marks_update=False`: an idempotent side commit (a member upsert, say) that must not
         count as the inbox update's effect."""
-        return UnitOfWork(self.sessions, readonly=readonly, marks_update=marks_update)
+        return UnitOfWork(
+            self.sessions, readonly=readonly, marks_update=marks_update, writers=self._writers
+        )
