@@ -217,9 +217,14 @@ def _exceptions_section(lang: str, d: Digest) -> list[str]:
     return out
 
 
+def _had_work(row: DepartmentFigures) -> bool:
+    counts = (row.assigned, row.overdue, row.redo, row.nudges_ignored, row.escalations)
+    return row.score is not None or any(counts)
+
+
 def _ranking_section(lang: str, rows: Sequence[DepartmentFigures], days: int) -> list[str]:
     title = _(lang, "Departments, last {n} days", n=days)
-    ranked = [row for row in rows if row.score is not None]
+    ranked = [row for row in rows if _had_work(row)]
     if not ranked:
         return ["", f"<b>{title}</b>", _(lang, "No tickets were assigned in that time.")]
     lines = ["", f"<b>{title}</b>", *(department_line(lang, row) for row in ranked)]

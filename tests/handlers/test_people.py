@@ -219,12 +219,14 @@ async def test_ticket_out_of_sight_reads_exactly_like_a_missing_one(h: Harness) 
 
 async def test_a_leader_gets_the_digest_now(h: Harness) -> None:
     await h.make_ticket("claimed")
+    h.clock.advance(timedelta(days=1))  # the next morning's digest covers the day it was claimed
     sent = await h.say("mayor", "/digest")
     assert all(r.chat_id == h.org["mayor"] for r in sent)
     [text] = [r.text or "" for r in sent if r.method == "sendMessage"]
-    assert text.startswith("Daily digest · Metro City · 2026-03-02")
+    assert text.startswith("Daily digest · Metro City · 2026-03-03")
     assert "claimed 1" in text
     assert "Tax Bureau" in text
+    assert "2 other departments had no tickets." in text
 
 
 @pytest.mark.parametrize("command", ["/digest", "/stats", "/record tax"])
@@ -240,6 +242,7 @@ async def test_the_figures_are_for_leaders(h: Harness, command: str) -> None:
 
 async def test_stats_ranks_the_departments(h: Harness) -> None:
     await h.make_ticket("claimed")
+    h.clock.advance(timedelta(minutes=1))
     text = h.only_reply(await h.say("mayor", "/stats 7d"))
     assert "Metro City" in text
     assert "Tax Bureau" in text
