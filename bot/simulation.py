@@ -16,7 +16,7 @@ from bot.calendar import load_calendar
 from bot.clock import ManualClock
 from bot.config import Settings
 from bot.jobs import DIGEST_JOB, SCAN_JOB
-from bot.simulate import RATING_CODES, Scenario, ScenarioError, Step, plain
+from bot.simulate import RATING_CODES, Scenario, ScenarioError, Step
 from bot.teledouble import DoubleRequest, SentRecord, TeleDouble
 from storage.migrate import upgrade
 from storage.seeding import load_seed
@@ -235,14 +235,14 @@ class Simulation:
             self._print(record.chat_id, self.words["bot"], self._body(record), at=record.at)
         self._seen_sent = len(self.double.sent)
         for record in self.double.edits[self._seen_edits :]:
-            first = plain(record.text).splitlines()[0] if record.text else ""
+            first = record.text.splitlines()[0] if record.text else ""
             self._print(
                 record.chat_id, self.words["bot"], f"✎ {self.words['edit']}: {first}", at=record.at
             )
         self._seen_edits = len(self.double.edits)
 
     def _body(self, record: SentRecord) -> str:
-        text = plain(record.text)
+        text = record.text or ""
         if record.method.lower() == "sendphoto":
             text = f"[{self.words['photo']}] {text}"
         labels = [
