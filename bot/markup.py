@@ -255,6 +255,8 @@ def visible_text(html: str) -> str:
 
 def split_html(html: str, limit: int = 4096) -> list[str]:
     """Cut Telegram HTML into valid chunks of at most `limit` visible UTF-16 units each."""
+    if utf16_len(html) <= limit:
+        return [html]  # the markup never shows more than it is long: nothing to cut
     toks = tokens(html)
     if sum(utf16_len(t.char) for t in toks) <= limit:
         return [html]
