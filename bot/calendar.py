@@ -135,6 +135,8 @@ class OfficeCalendar(WorkCalendar):
         self._years = frozenset(years)
         self._off = dict(off)
         self._workday = dict(workday)
+        # every duration walks the days it spans: each day's periods are worked out once
+        self._day_periods: dict[date, tuple[Period, ...]] = {}
 
     @classmethod
     def load(cls, path: str | Path, tz: str | tzinfo | None = None) -> OfficeCalendar:
@@ -190,11 +192,15 @@ class OfficeCalendar(WorkCalendar):
     def working_day_length(self) -> timedelta:
         return self._day_length
 
-    def _periods(self, day: date) -> list[Period]:
+    def _periods(self, day: date) -> tuple[Period, ...]:
         """The working periods of a local date, as UTC instants; none on a day off."""
-        if not self.is_working_day(day):
-            return []
-        return [(self._at(day, start), self._at(day, end)) for start, end in self.hours]
+        found = self._day_periods.get(day)
+        if found is None:
+            found = ()
+            if self.is_working_day(day):
+                found = tuple((self._at(day, a), self._at(day, b)) for a, b in self.hours)
+            self._day_periods[day] = found
+        return found
 
     def _periods_from(self, t: datetime) -> Iterator[Period]:
         """The working periods still to come at t, the current one cut to begin at t; endless."""
