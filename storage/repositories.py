@@ -79,11 +79,16 @@ class OrgRepository(_Repository):
         return (await self.session.exec(select(Region).where(Region.code == code))).first()
 
     async def all_regions(self) -> Sequence[Region]:
-        query = select(Region).order_by(Region.id)
-        return await self._once(("regions",), lambda: self._all(query))
+        return await self._all_once(("regions",), lambda: select(Region).order_by(Region.id))
 
     async def _all(self, query: Any) -> Sequence[Any]:
         return (await self.session.exec(query)).all()
+
+    async def _all_once(self, key: tuple[Any, ...], query: Callable[[], Any]) -> Sequence[Any]:
+        return await self._once(key, lambda: self._all(query()))
+
+    async def _first_once(self, key: tuple[Any, ...], query: Callable[[], Any]) -> Any:
+        return await self._once(key, lambda: self._first(query()))
 
     async def _first(self, query: Any) -> Any:
         return (await self.session.exec(query)).first()
@@ -119,13 +124,19 @@ class OrgRepository(_Repository):
         return (await self.session.exec(select(Department).where(Department.code == code))).first()
 
     async def departments_in(self, region_ids: Sequence[int]) -> Sequence[Department]:
-        query = select(Department).where(col(Department.region_id).in_(region_ids))
-        key = ("departments_in", *region_ids)
-        return await self._once(key, lambda: self._all(query.order_by(Department.id)))
+        return await self._all_once(
+            ("departments_in", *region_ids),
+            lambda: (
+                select(Department)
+                .where(col(Department.region_id).in_(region_ids))
+                .order_by(Department.id)
+            ),
+        )
 
     async def all_departments(self) -> Sequence[Department]:
-        query = select(Department).order_by(Department.id)
-        return await self._once(("departments",), lambda: self._all(query))
+        return await self._all_once(
+            ("departments",), lambda: select(Department).order_by(Department.id)
+        )
 
     async def enterprise(self, enterprise_id: int) -> Enterprise | None:
         return await self._once(
@@ -139,8 +150,10 @@ class OrgRepository(_Repository):
         return await self._once(("person", person_id), lambda: self.session.get(Person, person_id))
 
     async def person_by_telegram(self, telegram_id: int) -> Person | None:
-        query = select(Person).where(Person.telegram_id == telegram_id)
-        return await self._once(("telegram", telegram_id), lambda: self._first(query))
+        return await self._first_once(
+            ("telegram", telegram_id),
+            lambda: select(Person).where(Person.telegram_id == telegram_id),
+        )
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
@@ -149,38 +162,76 @@ class OrgRepository(_Repository):
     async def people(self, ids: Sequence[int]) -> Sequence[Person]:
         if not ids:
             return []
-        query = select(Person).where(col(Person.id).in_(ids))
-        return await self._once(("people", *ids), lambda: self._all(query))
+        return await self._all_once(
+            ("people", *ids), lambda: select(Person).where(col(Person.id).in_(ids))
+        )
 
     async def officials_of(
         self, department_id: int, *, heads_only: bool = False
     ) -> Sequence[Person]:
+        def query() -> Any:
+            found = select(Person).where(
+                Person.department_id == department_id, Person.role == Role.OFFICIAL, Person.active
+            )
+            return (found.where(Person.is_head) if heads_only else found).order_by(Person.id)
+
+        return await self._all_once(("officials", department_id, heads_only), query)
+
+    async def preload_officials(self, department_ids: Sequence[int]) -> None:
+        """Read the officials of these departments at once, for `officials_of` to answer."""
+        wanted = [d for d in department_ids if ("officials", d, False) not in self._known]
+        if not wanted:
+            return
         query = select(Person).where(
-            Person.department_id == department_id, Person.role == Role.OFFICIAL, Person.active
+            col(Person.department_id).in_(wanted), Person.role == Role.OFFICIAL, Person.active
         )
-        if heads_only:
-            query = query.where(Person.is_head)
-        key = ("officials", department_id, heads_only)
-        return await self._once(key, lambda: self._all(query.order_by(Person.id)))
+        found: dict[int, list[Person]] = {d: [] for d in wanted}
+        for person in await self._all(query.order_by(Person.id)):
+            found[person.department_id].append(person)  # type: ignore[index]
+        for department, people in found.items():
+            self._known["officials", department, False] = people
+            self._known["officials", department, True] = [p for p in people if p.is_head]
+
+    async def preload_roles(self, roles: Sequence[Role], region_ids: Sequence[int]) -> None:
+        """Read the people of these roles in these regions at once, for `people_with_role`
+        to answer region by region."""
+        query = select(Person).where(
+            col(Person.role).in_(roles), col(Person.region_id).in_(region_ids), Person.active
+        )
+        found: dict[tuple[Any, ...], list[Person]] = {
+            ("role", role, region): [] for role in roles for region in region_ids
+        }
+        for person in await self._all(query.order_by(Person.id)):
+            found["role", person.role, person.region_id].append(person)
+        for key, people in found.items():
+            self._known.setdefault(key, people)
 
     async def people_with_role(self, role: Role, region_ids: Sequence[int]) -> Sequence[Person]:
-        query = select(Person).where(
-            Person.role == role, col(Person.region_id).in_(region_ids), Person.active
+        return await self._all_once(
+            ("role", role, *region_ids),
+            lambda: (
+                select(Person)
+                .where(Person.role == role, col(Person.region_id).in_(region_ids), Person.active)
+                .order_by(Person.id)
+            ),
         )
-        key = ("role", role, *region_ids)
-        return await self._once(key, lambda: self._all(query.order_by(Person.id)))
 
     async def all_people_with_role(self, role: Role) -> Sequence[Person]:
         query = select(Person).where(Person.role == role, Person.active)
         return (await self.session.exec(query.order_by(Person.id))).all()
 
     async def group_by_chat(self, chat_id: int) -> ChatGroup | None:
-        query = select(ChatGroup).where(ChatGroup.chat_id == chat_id)
-        return await self._once(("group", chat_id), lambda: self._first(query))
+        return await self._first_once(
+            ("group", chat_id), lambda: select(ChatGroup).where(ChatGroup.chat_id == chat_id)
+        )
 
     async def groups_of(self, region_id: int) -> Sequence[ChatGroup]:
-        query = select(ChatGroup).where(ChatGroup.region_id == region_id).order_by(ChatGroup.id)
-        return await self._once(("groups_of", region_id), lambda: self._all(query))
+        return await self._all_once(
+            ("groups_of", region_id),
+            lambda: (
+                select(ChatGroup).where(ChatGroup.region_id == region_id).order_by(ChatGroup.id)
+            ),
+        )
 
     async def invite(self, code: str) -> Invite | None:
         return (await self.session.exec(select(Invite).where(Invite.code == code))).first()
@@ -306,6 +357,16 @@ class TicketRepository(_Repository):
             )
             .order_by(col(Ticket.id))
             .limit(limit)
+        )
+        return (await self.session.exec(query)).all()
+
+    async def claim_all_for_work(self, ticket_ids: Sequence[int]) -> Sequence[Ticket]:
+        """`claim_for_work` for many tickets at once: those another worker holds are left out."""
+        query = (
+            select(Ticket)
+            .where(col(Ticket.id).in_(ticket_ids))
+            .order_by(col(Ticket.id))
+            .with_for_update(skip_locked=True)
         )
         return (await self.session.exec(query)).all()
 
@@ -654,6 +715,36 @@ class ScheduleRepository(_Repository):
             .group_by(Nudge.ticket_id, Nudge.rung)
         )
         return (await self.session.exec(query)).all()
+
+    async def add_nudges(
+        self, keys: Sequence[tuple[int, str, int, int]], at: datetime
+    ) -> set[tuple[int, str, int, int]]:
+        """Record nudges under their unique keys (ticket, rung, person, slot) in one statement;
+        the keys that were new (the rest were sent already: a rerun, another instance)."""
+        if not keys:
+            return set()
+        dialect = self.session.bind.dialect.name  # type: ignore[union-attr]
+        insert = sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert
+        statement = (
+            insert(Nudge)
+            .values(
+                [
+                    {
+                        "ticket_id": t,
+                        "rung": r,
+                        "person_id": p,
+                        "slot": s,
+                        "at": at,
+                        "acted": False,
+                    }
+                    for t, r, p, s in dict.fromkeys(keys)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["ticket_id", "rung", "person_id", "slot"])
+            .returning(Nudge.ticket_id, Nudge.rung, Nudge.person_id, Nudge.slot)
+        )
+        result = await self.session.exec(statement)  # type: ignore[call-overload]
+        return {tuple(row) for row in result.all()}
 
     async def ignored_nudges(
         self, region_ids: Sequence[int], rungs: Sequence[str]

@@ -18,7 +18,7 @@ from bot.notify import Notifier
 from bot.services.org import working_span
 from bot.services.tickets import TicketService
 from bot.tickets import Action
-from storage.tables import Nudge, Person, Role, Ticket, TicketEvent, TicketState
+from storage.tables import Person, Role, Ticket, TicketEvent, TicketState
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -218,12 +218,15 @@ class NudgeService:
                     (t, rung): (slot, at)
                     for t, rung, slot, at in await uow.schedule.latest_nudges([r.id for r in rows])
                 }
+            wanted: dict[int, set[tuple[Rung, int]]] = {}
             for row in rows:
                 tally.candidates += 1
                 try:
-                    await self._work(row, latest, now, tally)
+                    if want := await self._work(row, latest, now, tally):
+                        wanted[row.id] = want
                 except Exception:
                     log.exception("idle scan: ticket #%s failed; the next scan retries it", row.id)
+            tally.nudges += await self._nudge_page(wanted, now)
             if len(rows) < PAGE:
                 break
             after = rows[-1].id
@@ -242,19 +245,18 @@ class NudgeService:
         latest: dict[tuple[int, str], tuple[int, datetime]],
         now: datetime,
         tally: _Tally,
-    ) -> None:
+    ) -> set[tuple[Rung, int]]:
+        """Move the ticket if the ladder says so; the nudges it is owed now."""
         action = self.ladder.system_action(row, now)
         if action is not None and await self._system(row.id, action):
             (tally.closed if action is Action.AUTOCLOSE else tally.supervised).append(row.id)
         if action is Action.AUTOCLOSE:
-            return
-        wanted = {
+            return set()
+        return {
             (d.rung, d.slot)
             for d in self.ladder.due(row, now)
             if self._fresh(d, latest.get((row.id, d.rung)), now)
         }
-        if wanted:
-            tally.nudges += await self._nudge(row.id, wanted, now)
 
     def _fresh(self, due: Due, last: tuple[int, datetime] | None, now: datetime) -> bool:
         """Not sent for this round yet, and the rung's last nudge is a repeat interval ago."""
@@ -271,40 +273,67 @@ class NudgeService:
             return False  # someone (or another instance) moved it first
         return True
 
+    async def _nudge_page(
+        self, wanted: dict[int, set[tuple[Rung, int]]], now: datetime
+    ) -> list[SentNudge]:
+        """A page's nudges in one transaction; should that fail, ticket by ticket, so that
+        one ticket that fails holds up no other."""
+        if not wanted:
+            return []
+        try:
+            return await self._nudge_together(wanted, now)
+        except Exception:
+            log.warning("idle scan: a page of nudges failed; sending them one ticket at a time")
+        sent: list[SentNudge] = []
+        for number, want in wanted.items():
+            try:
+                sent += await self._nudge(number, want, now)
+            except Exception:
+                log.exception("idle scan: ticket #%s failed; the next scan retries it", number)
+        return sent
+
     async def _nudge(
         self, number: int, wanted: set[tuple[Rung, int]], now: datetime
     ) -> list[SentNudge]:
+        return await self._nudge_together({number: wanted}, now)
+
+    async def _nudge_together(
+        self, wanted: dict[int, set[tuple[Rung, int]]], now: datetime
+    ) -> list[SentNudge]:
+        """Lock the tickets (another instance keeps those it holds), re-read each under its
+        lock (a claim or resolve that just landed cancels its nudge), record every nudge's key
+        in one statement, and queue the messages of those that were new."""
         async with self._uows() as uow:
-            ticket = await uow.tickets.claim_for_work(number)
-            if ticket is None:
-                return []  # another instance is working on it
-            # re-read under the lock: a claim or resolve that just landed cancels its nudge
+            tickets = await uow.tickets.claim_all_for_work(sorted(wanted))
+            await _preload(uow, tickets)
+            planned: list[tuple[Ticket, Due, list[Person]]] = []
+            for ticket in tickets:
+                for due in self.ladder.due(ticket, now):
+                    if (due.rung, due.slot) in wanted[ticket.id]:  # type: ignore[index]
+                        people = await self._people(uow, ticket, due.rung)
+                        planned.append((ticket, due, people))
+            keys = [(t.id, d.rung.value, p.id, d.slot) for t, d, people in planned for p in people]
+            fresh = await uow.schedule.add_nudges(keys, now)  # type: ignore[arg-type]
             sent: list[SentNudge] = []
-            for due in self.ladder.due(ticket, now):
-                if (due.rung, due.slot) in wanted:
-                    sent += await self._send(uow, ticket, due, now)
+            for ticket, due, people in planned:
+                new = [p for p in people if (ticket.id, due.rung.value, p.id, due.slot) in fresh]
+                if new:
+                    sent += await self._record(uow, ticket, due, new, now)
             if sent:
                 await uow.commit()
         return sent
 
-    async def _send(
-        self, uow: UnitOfWork, ticket: Ticket, due: Due, now: datetime
+    async def _people(self, uow: UnitOfWork, ticket: Ticket, rung: Rung) -> list[Person]:
+        """Who gets this rung's nudge: each once, and only those Telegram can reach."""
+        people: dict[int, Person] = {}
+        for person in await self._recipients(uow, ticket, rung):
+            if person.telegram_id and person.id not in people:
+                people[person.id] = person  # type: ignore[index]
+        return list(people.values())
+
+    async def _record(
+        self, uow: UnitOfWork, ticket: Ticket, due: Due, people: list[Person], now: datetime
     ) -> list[SentNudge]:
-        people: list[Person] = []
-        for person in await self._recipients(uow, ticket, due.rung):
-            if not person.telegram_id or person.id in {p.id for p in people}:
-                continue
-            key = Nudge(
-                ticket_id=ticket.id,  # type: ignore[arg-type]
-                rung=due.rung.value,
-                person_id=person.id,
-                slot=due.slot,
-                at=now,
-            )
-            if await uow.schedule.insert_ignoring_duplicate(key):
-                people.append(person)
-        if not people:
-            return []
         await self._tell(uow, ticket, due, people, now)
         uow.events.add(
             TicketEvent(
@@ -392,6 +421,15 @@ class NudgeService:
             case Rung.RATE_INVITE:
                 return await _active(uow, ticket.reporter_id)
         return []
+
+
+async def _preload(uow: UnitOfWork, tickets: Sequence[Ticket]) -> None:
+    """Read the people these tickets' nudges go to in a few queries, not one each."""
+    await uow.org.people(sorted({i for t in tickets for i in (t.claimant_id, t.reporter_id) if i}))
+    await uow.org.all_departments()
+    await uow.org.preload_officials(sorted({t.department_id for t in tickets if t.department_id}))
+    regions = [r.id for r in await uow.org.all_regions()]
+    await uow.org.preload_roles([Role.COORDINATOR, Role.LEADER], regions)  # type: ignore[arg-type]
 
 
 async def _first_up(uow: UnitOfWork, region_id: int, role: Role) -> list[Person]:
