@@ -13,13 +13,13 @@ from bench.history import (
     NUDGE_COLUMNS,
     SOURCE_IDS,
     TICKET_COLUMNS,
-    TROUBLES,
     Chunk,
     Columns,
     D,
     H,
     Sizes,
     stamps,
+    trouble,
 )
 from bench.orgchart import Chart
 from bench.settings import NOW, TZ
@@ -72,7 +72,7 @@ class _Rows:
         ent = rng.choice(chart.enterprises[region])
         reporter = rng.choice(chart.members[ent])
         dept = rng.choice(chart.bureaus_for(region))
-        text = rng.choice(TROUBLES).format(k=rng.choice(chart.keywords[dept]))
+        text = trouble(rng.randrange(1 << 20), rng.choice(chart.keywords[dept]))
         self.event(tid, "report", reporter, None, "reported", created)
         assigned, claimant = NAN, None
         if state != "reported":

@@ -71,14 +71,29 @@ EVENT_COLUMNS = (
     "at",
 )
 NUDGE_COLUMNS = ("id", "ticket_id", "rung", "person_id", "slot", "at", "acted")
+# a report names a site of the enterprise and a bureau's keyword: 12 x 40 x 4 summaries per
+# bureau, as varied as real ones, so that similar reports are the exception
 TROUBLES = (
-    "办理{k}手续进度缓慢，请协调",
-    "{k}材料提交后一直没有回复",
-    "咨询{k}政策如何申请",
-    "{k}环节多次往返补件",
-    "{k}系统无法提交，窗口让等通知",
-    "希望加快{k}审核",
-)
+    "{x}办理{k}手续进度缓慢，请协调", "{x}的{k}材料提交后一直没有回复", "咨询{x}{k}政策如何申请",
+    "{x}{k}环节多次往返补件", "{x}{k}系统无法提交，窗口让等通知", "希望加快{x}{k}审核",
+    "{x}因{k}问题停工三天", "{x}{k}标准不清楚，各部门说法不一", "{x}{k}费用明显偏高",
+    "{x}{k}现场检查后无下文", "{x}申报{k}被退回，原因未说明", "{x}{k}办理超过承诺时限",
+)  # fmt: skip
+SITES = (
+    "新建厂房", "二期扩建项目", "光伏车棚", "危化品仓库", "燃气锅炉", "稀土分离产线", "员工宿舍",
+    "职工食堂", "研发中心", "物流园", "冷链仓储", "电解槽车间", "风机叶片车间", "乳品加工线",
+    "污水处理站", "屋顶分布式光伏", "原料堆场", "检测实验室", "办公楼", "厂区变电站",
+    "铸造车间", "储能电站", "牧场", "铁路专用线", "厂区道路", "氢能示范项目", "永磁材料产线",
+    "铝型材车间", "化验室", "招聘会", "技术改造项目", "进口设备", "出口订单", "配套公寓",
+    "停车场", "特种设备", "展厅", "实训基地", "消防设施", "供热管网",
+)  # fmt: skip
+
+
+def trouble(k: int, keyword: str) -> str:
+    """The k-th way a report about `keyword` can read."""
+    template = TROUBLES[k % len(TROUBLES)]
+    return template.format(x=SITES[(k // len(TROUBLES)) % len(SITES)], k=keyword)
+
 
 Columns = dict[str, Any]
 
@@ -130,12 +145,13 @@ class Pools:
             self.bureaus[r, : len(b)], self.n_bureaus[r] = b, len(b)
         top = max(chart.officials) + 1
         self.officials = np.zeros((top, 3), dtype=np.int64)
-        self.texts = np.empty((top, len(TROUBLES) * 4), dtype=object)
+        ways = len(TROUBLES) * len(SITES)
+        self.texts = np.empty((top, ways * 4), dtype=object)
         self.assign_json = np.empty(top, dtype=object)
         for d, people in chart.officials.items():
             self.officials[d] = people
             words = (chart.keywords[d] * 4)[:4]
-            self.texts[d] = [t.format(k=k) for t in TROUBLES for k in words]
+            self.texts[d] = [trouble(k, w) for k in range(ways) for w in words]
             self.assign_json[d] = json.dumps({"department_id": d})
         self.group = np.zeros(max(chart.regions) + 1, dtype=np.int64)
         self.coordinator = np.zeros(max(chart.regions) + 1, dtype=np.int64)

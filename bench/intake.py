@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench.core import TOKEN, Result, Workspace, median
-from bench.history import TROUBLES
+from bench.history import trouble
 from bench.orgchart import Chart
 from bench.pipeline import TimedDouble, floor, running, says
 from bot.teledouble import JSON, TeleDouble
@@ -38,7 +38,7 @@ def reports(double: TeleDouble, chart: Chart, n: int, start: int = 0) -> list[JS
         firm = firms[(i // len(chart.regions)) % len(firms)]
         bureaus = chart.bureaus_for(region)
         words = chart.keywords[bureaus[i % len(bureaus)]]
-        text = TROUBLES[i % len(TROUBLES)].format(k=words[i % len(words)])
+        text = trouble(i * 7919, words[i % len(words)])
         out.append(says(double, chart, chart.members[firm][0], region, f"/report {text}"))
     return out
 
