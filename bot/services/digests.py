@@ -6,7 +6,7 @@ import base64
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -156,6 +156,34 @@ class LeaderDigest:
     chart_png: bytes | None
 
 
+class _Sums:
+    """One department's counts while the figures are added up (cheaper than a new frozen
+    DepartmentFigures for every ticket and event)."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(
+            ("assigned", "redo", "returns_disputed", "nudges_ignored", "escalations", "overdue"), 0
+        )
+        self.rates = {name: [0, 0] for name in _RATE_NAMES}
+
+    def rate(self, name: str, hit: bool) -> None:
+        pair = self.rates[name]
+        pair[0] += hit
+        pair[1] += 1
+
+    def figures(self, department: Any) -> DepartmentFigures:
+        return DepartmentFigures(
+            department.id,
+            department.name,
+            department.code,
+            **self.counts,
+            **{name: Rate(*pair) for name, pair in self.rates.items()},
+        )
+
+
+_RATE_NAMES = ("response", "resolution", "satisfaction", "promises")
+
+
 class Scorer:
     """The departments' figures from window-bounded queries: cost follows the window."""
 
@@ -171,77 +199,79 @@ class Scorer:
         start: datetime,
         end: datetime,
         now: datetime,
+        *,
+        open_rows: Sequence[Any] | None = None,
+        ignored_rows: Sequence[Any] | None = None,
     ) -> tuple[DepartmentFigures, ...]:
-        """Every department serving the regions, ranked best first."""
+        """Every department serving the regions, ranked best first. `open_rows` and
+        `ignored_rows` are the regions' open reports and ignored nudges, when already read."""
         known = {d.id: d for d in await uow.org.all_departments()}
-        rows = {
-            d.id: DepartmentFigures(d.id, d.name, d.code)  # type: ignore[arg-type]
-            for d in known.values()
-            if d.region_id in region_ids
-        }
+        sums = {d.id: _Sums() for d in known.values() if d.region_id in region_ids}
 
-        def bump(dept: int | None, **changes: Any) -> None:
-            if dept is not None and dept in known:
-                row = rows.get(dept) or DepartmentFigures(dept, known[dept].name, known[dept].code)
-                rows[dept] = replace(row, **{k: f(row) for k, f in changes.items()})
+        def of(dept: int | None) -> _Sums | None:
+            tally = sums.get(dept)  # type: ignore[arg-type]
+            if tally is None and dept in known:
+                tally = sums[dept] = _Sums()  # type: ignore[index]
+            return tally
 
         counted = set()
         for t in await uow.events.tickets_with_event("assign", start, end, region_ids):
             counted.add(t.id)
-            if S(t.state) not in _GONE:
-                bump(t.department_id, **self._ticket(t, now))
+            if S(t.state) not in _GONE and (tally := of(t.department_id)) is not None:
+                self._ticket(tally, t, now)
         # older tickets still sitting unclaimed or overdue count against the department too
-        for t in await uow.tickets.open_reports(region_ids):
-            if t.id not in counted:
-                bump(t.department_id, **self._backlog(t, now))
-        for e in await uow.events.window_events(start, end, _DEPT_KINDS, region_ids):
-            dept = e.ticket_department_id
+        if open_rows is None:
+            open_rows = await uow.tickets.open_reports(region_ids)
+        for t in open_rows:
+            if t.id not in counted and (tally := of(t.department_id)) is not None:
+                self._backlog(tally, t, now)
+        for e in await uow.events.window_kinds(start, end, _DEPT_KINDS, region_ids):
+            if (tally := of(e.ticket_department_id)) is None:
+                continue
             if e.kind == "rate":
                 good = e.to_state == S.CLOSED
-                bump(dept, satisfaction=lambda r, ok=good: r.satisfaction.add(ok))
-                if not good:
-                    bump(dept, redo=lambda r: r.redo + 1)
+                tally.rate("satisfaction", good)
+                tally.counts["redo"] += not good
             elif e.kind == "reject_return":
-                bump(dept, returns_disputed=lambda r: r.returns_disputed + 1)
+                tally.counts["returns_disputed"] += 1
             else:
-                bump(dept, escalations=lambda r: r.escalations + 1)
-        for dept, _person, _name, n in await uow.schedule.ignored_nudges(
-            region_ids, IGNORABLE_RUNGS
-        ):
-            bump(dept, nudges_ignored=lambda r, n=n: r.nudges_ignored + n)
+                tally.counts["escalations"] += 1
+        if ignored_rows is None:
+            ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
+        for dept, _person, _name, n in ignored_rows:
+            if (tally := of(dept)) is not None:
+                tally.counts["nudges_ignored"] += n
         for dept, n in (await uow.tickets.overdue_counts(region_ids, now)).items():
-            bump(dept, overdue=lambda r, n=n: n)
-        return ranked(rows.values())
+            if (tally := of(dept)) is not None:
+                tally.counts["overdue"] = n
+        return ranked(tally.figures(known[dept]) for dept, tally in sums.items())
 
-    def _ticket(self, t: Any, now: datetime) -> dict[str, Any]:
-        """The changes one assigned ticket makes to its department's figures; a ticket whose
-        deadline has not come yet counts neither way."""
-        changes: dict[str, Any] = {"assigned": lambda r: r.assigned + 1}
+    def _ticket(self, tally: _Sums, t: Any, now: datetime) -> None:
+        """What one assigned ticket adds to its department's figures; a ticket whose deadline
+        has not come yet counts neither way."""
+        tally.counts["assigned"] += 1
         if t.assigned_at is not None:
-            deadline = self._deadline(t.assigned_at)
-            if t.claimed_at is not None or now >= deadline:
-                ok = t.claimed_at is not None and t.claimed_at <= deadline
-                changes["response"] = lambda r: r.response.add(ok)
+            if t.claimed_at is not None and t.claimed_at - t.assigned_at <= self._respond:
+                tally.rate("response", True)  # working time never outruns the clock
+            else:
+                deadline = self._deadline(t.assigned_at)
+                if t.claimed_at is not None or now >= deadline:
+                    tally.rate("response", t.claimed_at is not None and t.claimed_at <= deadline)
         if t.due_at is not None and (t.resolved_at is not None or now >= t.due_at):
-            on_time = t.resolved_at is not None and t.resolved_at <= t.due_at
-            changes["resolution"] = lambda r: r.resolution.add(on_time)
+            tally.rate("resolution", t.resolved_at is not None and t.resolved_at <= t.due_at)
         if t.promised_date is not None:
             done = t.resolved_at.astimezone(self._tz).date() if t.resolved_at else None
             if done is not None or now.astimezone(self._tz).date() > t.promised_date:
-                kept = done is not None and done <= t.promised_date
-                changes["promises"] = lambda r: r.promises.add(kept)
-        return changes
+                tally.rate("promises", done is not None and done <= t.promised_date)
 
-    def _backlog(self, t: Any, now: datetime) -> dict[str, Any]:
+    def _backlog(self, tally: _Sums, t: Any, now: datetime) -> None:
         """Misses of an open ticket assigned before the window: unclaimed past the response
         limit, unresolved past the due time."""
-        changes: dict[str, Any] = {}
         waiting = S(t.state) in (S.ASSIGNED, S.SUPERVISED) and t.claimant_id is None
         if waiting and t.assigned_at is not None and now >= self._deadline(t.assigned_at):
-            changes["response"] = lambda r: r.response.add(False)
+            tally.rate("response", False)
         if t.due_at is not None and now >= t.due_at:
-            changes["resolution"] = lambda r: r.resolution.add(False)
-        return changes
+            tally.rate("resolution", False)
 
     def _deadline(self, assigned_at: datetime) -> datetime:
         return self._cal.add_working(assigned_at, self._respond)
@@ -395,14 +425,18 @@ class DigestService:
         start, end = self.period(day, now)
         flow: dict[str, set[int]] = defaultdict(set)
         escalations = 0
-        for e in await uow.events.window_events(start, end, _FLOW_KINDS, region_ids):
+        for e in await uow.events.window_kinds(start, end, _FLOW_KINDS, region_ids):
             closing = e.kind == "autoclose" or (e.kind == "rate" and e.to_state == S.CLOSED)
             flow["closed" if closing else e.kind].add(e.ticket_id)
             escalations += e.kind == "escalate"
         window = end - timedelta(days=RATE_WINDOW_DAYS)
-        departments = await self.scorer.departments(uow, region_ids, window, end, now)
+        open_rows = await uow.tickets.open_reports(region_ids)
+        ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
+        departments = await self.scorer.departments(
+            uow, region_ids, window, end, now, open_rows=open_rows, ignored_rows=ignored_rows
+        )
         overdue = await self._overdue(uow, region_ids, now)
-        ignored = await self._ignored(uow, region_ids)
+        ignored = await self._ignored(uow, ignored_rows)
         return Digest(
             region_name=region.name,
             region_code=region.code,
@@ -425,7 +459,7 @@ class DigestService:
             window_days=RATE_WINDOW_DAYS,
             ignored=ignored[:IGNORED_LISTED],
             nudges_ignored=sum(i.count for i in ignored),
-            clusters=await self._clusters(uow, region_ids),
+            clusters=await self._clusters(uow, open_rows),
         )
 
     async def _overdue(
@@ -434,13 +468,12 @@ class DigestService:
         rows = await uow.tickets.overdue_rows(region_ids, now, limit=OVERDUE_LISTED)
         return tuple(overdue_item(self._calendar, row, now) for row in rows)
 
-    async def _ignored(self, uow: UnitOfWork, region_ids: Sequence[int]) -> list[IgnoredBy]:
-        """Who let reminders go unanswered on the open tickets, most first."""
+    async def _ignored(self, uow: UnitOfWork, rows: Sequence[Any]) -> list[IgnoredBy]:
+        """Who let reminders go unanswered on the open tickets (`rows` of ignored_nudges),
+        most first."""
         counts: dict[int, int] = defaultdict(int)
         names: dict[int, str] = {}
-        for _dept, person_id, name, n in await uow.schedule.ignored_nudges(
-            region_ids, IGNORABLE_RUNGS
-        ):
+        for _dept, person_id, name, n in rows:
             counts[person_id] += n
             names[person_id] = name
         depts = {d.id: d.name for d in await uow.org.all_departments()}
@@ -452,8 +485,8 @@ class DigestService:
         ]
         return sorted(out, key=lambda x: (-x.count, x.name))
 
-    async def _clusters(self, uow: UnitOfWork, region_ids: Sequence[int]) -> tuple[Cluster, ...]:
-        rows = await uow.tickets.open_reports(region_ids)
+    async def _clusters(self, uow: UnitOfWork, rows: Sequence[Any]) -> tuple[Cluster, ...]:
+        """Similar open reports (`rows` of open_reports) from different enterprises."""
         depts = {d.id: d.name for d in await uow.org.all_departments()}
         found = [
             Cluster(
@@ -607,19 +640,36 @@ def similar_groups(rows: Sequence[Any], per_department: int = 200) -> list[list[
             by_dept[row.department_id].append(row)
     groups: list[list[Any]] = []
     for items in by_dept.values():
-        grams = [tokens(r.summary) for r in items]
         parent = list(range(len(items)))
-        for i in range(len(items)):
-            for j in range(i + 1, len(items)):
-                if items[i].enterprise_id != items[j].enterprise_id and similar(
-                    grams[i], grams[j]
-                ):
-                    parent[_root(parent, i)] = _root(parent, j)
+        for i, j in _similar_pairs(items):
+            parent[_root(parent, i)] = _root(parent, j)
         joined: dict[int, list[Any]] = defaultdict(list)
         for i, row in enumerate(items):
             joined[_root(parent, i)].append(row)
         groups += [g for g in joined.values() if len({r.enterprise_id for r in g}) >= 2]
     return groups
+
+
+def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
+    """The pairs of reports from different enterprises that are `similar`: each summary's
+    tokens as the bits of one integer, so that counting the shared ones is a single AND."""
+    bit: dict[str, int] = {}
+    grams = [tokens(r.summary) for r in items]
+    masks = [sum(1 << bit.setdefault(t, len(bit)) for t in g) for g in grams]
+    sizes = [len(g) for g in grams]
+    firms = [r.enterprise_id for r in items]
+    for i in range(len(items)):
+        mask, size, firm = masks[i], sizes[i], firms[i]
+        # count every later report's shared tokens in one pass, then look closer at the few
+        # that share enough
+        shared = [(mask & other).bit_count() for other in masks[i + 1 :]]
+        for j, n in enumerate(shared, start=i + 1):
+            if (
+                n >= MIN_SHARED
+                and firms[j] != firm
+                and n / max(min(size, sizes[j]), 1) >= MIN_OVERLAP
+            ):
+                yield i, j
 
 
 def _root(parent: list[int], i: int) -> int:
