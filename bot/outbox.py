@@ -24,7 +24,7 @@ from telegram.error import (
 from bot.clock import Clock
 from bot.ratelimit import RateLimiter
 from storage.tables import Outbox, OutboxState
-from storage.uow import UnitOfWork, UnitOfWorkFactory
+from storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
@@ -141,28 +141,32 @@ class OutboxSender:
 
     async def _send_batch(self, bot: Bot, rows: list[Outbox], report: DrainReport) -> bool:
         held: set[int] = set()
+        released: list[int] = []
         progressed = False
+        first = await self._first_pending({row.chat_id for row in rows})
         for row in rows:
-            if row.chat_id in held or await self._blocked_by_earlier(row):
-                held.add(row.chat_id)
-                await self._release(row)
+            if row.chat_id in held or first.get(row.chat_id, row.id) < row.id:  # type: ignore[operator]
+                held.add(row.chat_id)  # an earlier message of the chat goes first
+                released.append(row.id)  # type: ignore[arg-type]
                 continue
             wait = self.limiter.wait(row.chat_id)
             if wait > 0:
                 held.add(row.chat_id)
                 report.deferred += 1
                 report.next_in = wait if report.next_in is None else min(report.next_in, wait)
-                await self._release(row)
+                released.append(row.id)  # type: ignore[arg-type]
                 continue
             done = await self._send_one(bot, row, report)
             progressed = progressed or done
             if not done:
                 held.add(row.chat_id)
+        await self._release_all(released)
         return progressed
 
-    async def _blocked_by_earlier(self, row: Outbox) -> bool:
+    async def _first_pending(self, chats: set[int]) -> dict[int, int]:
+        """Each chat's first pending row, looked up again for the batch just before sending."""
         async with self._uows(readonly=True) as uow:
-            return await uow.outbox.earlier_pending_in_chat(row.chat_id, row.id)  # type: ignore[arg-type]
+            return await uow.outbox.first_pending_in(chats)
 
     async def _send_one(self, bot: Bot, row: Outbox, report: DrainReport) -> bool:
         """True when the row is finished (sent or given up), False when it waits for a retry."""
@@ -290,29 +294,17 @@ class OutboxSender:
         return False
 
     async def _record_sent(self, row: Outbox, message: Message | bool | None) -> None:
+        """Record Telegram's answer in two statements at most; the row as claimed says all
+        that is needed (only this sender, holding its lease, changes it meanwhile)."""
         message_id = message.message_id if isinstance(message, Message) else None
         async with self._uows() as uow:
-            fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
-            assert fresh is not None
-            fresh.state = OutboxState.SENT
-            fresh.sent_at = self._clock.now()
-            fresh.sent_message_id = message_id
-            fresh.attempts += 1
-            fresh.lease_until = None
-            if message_id is not None and (fresh.is_card or fresh.payload.get("card_of")):
+            await uow.outbox.mark_sent(row.id, self._clock.now(), message_id)  # type: ignore[arg-type]
+            card_of = row.ticket_id or row.payload.get("card_of")
+            if message_id is not None and card_of and (row.is_card or row.payload.get("card_of")):
                 # an edit posted anew (its card was deleted) is the card from now on
-                reposted = fresh.method == "sendMessage" and "card_of" in fresh.payload
-                await self._remember_card(
-                    uow, fresh.ticket_id or fresh.payload.get("card_of"), message_id, reposted
-                )
+                reposted = row.method == "sendMessage" and "card_of" in row.payload
+                await uow.tickets.remember_card(card_of, message_id, replace=reposted)
             await uow.commit()
-
-    async def _remember_card(
-        self, uow: UnitOfWork, ticket_id: int | None, message_id: int, replace: bool = False
-    ) -> None:
-        ticket = await uow.tickets.get(ticket_id) if ticket_id else None
-        if ticket is not None and (replace or ticket.card_message_id is None):
-            ticket.card_message_id = message_id
 
     async def _retry(self, row: Outbox, seconds: float, error: str, *, count: bool = True) -> None:
         async with self._uows() as uow:
@@ -324,11 +316,10 @@ class OutboxSender:
             fresh.lease_until = None
             await uow.commit()
 
-    async def _release(self, row: Outbox) -> None:
-        async with self._uows() as uow:
-            fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
-            if fresh is not None and fresh.lease_owner == self.instance:
-                fresh.lease_until = None
+    async def _release_all(self, outbox_ids: list[int]) -> None:
+        if outbox_ids:
+            async with self._uows() as uow:
+                await uow.outbox.release(outbox_ids, self.instance)
                 await uow.commit()
 
     async def _give_up(self, row: Outbox, error: str, *, blocked_person: bool = False) -> None:

@@ -360,6 +360,13 @@ class TicketRepository(_Repository):
         )
         return (await self.session.exec(query)).all()
 
+    async def remember_card(self, ticket_id: int, message_id: int, *, replace: bool) -> None:
+        """The message that is the ticket's card: the first one, or a new one that replaces it."""
+        query = sa.update(Ticket).where(col(Ticket.id) == ticket_id)
+        if not replace:
+            query = query.where(col(Ticket.card_message_id).is_(None))
+        await self.session.exec(query.values(card_message_id=message_id))  # type: ignore[call-overload]
+
     async def claim_all_for_work(self, ticket_ids: Sequence[int]) -> Sequence[Ticket]:
         """`claim_for_work` for many tickets at once: those another worker holds are left out."""
         query = (
@@ -609,6 +616,29 @@ class OutboxRepository(_Repository):
         query = select(Outbox.id).where(Outbox.ticket_id == ticket_id, col(Outbox.is_card))
         return (await self.session.exec(query.limit(1))).first() is not None
 
+    async def first_pending_in(self, chat_ids: Collection[int]) -> dict[int, int]:
+        """The id of each chat's first pending row (one query for a batch of chats)."""
+        query = (
+            select(Outbox.chat_id, sa.func.min(Outbox.id))  # type: ignore[call-overload]
+            .where(col(Outbox.chat_id).in_(list(chat_ids)), Outbox.state == OutboxState.PENDING)
+            .group_by(Outbox.chat_id)
+        )
+        return dict((await self.session.exec(query)).all())
+
+    async def mark_sent(self, outbox_id: int, at: datetime, message_id: int | None) -> None:
+        """Record Telegram's acceptance in one statement, the row unread."""
+        params = {"outbox_id": outbox_id, "at": at, "message_id": message_id}
+        await self.session.exec(_MARK_SENT, params=params)  # type: ignore[call-overload]
+
+    async def release(self, outbox_ids: Collection[int], owner: str) -> None:
+        """Give back the leases this owner still holds on these rows."""
+        if outbox_ids:
+            await self.session.exec(  # type: ignore[call-overload]
+                sa.update(Outbox)
+                .where(col(Outbox.id).in_(list(outbox_ids)), col(Outbox.lease_owner) == owner)
+                .values(lease_until=None)
+            )
+
     async def earlier_pending_in_chat(self, chat_id: int, before_id: int) -> bool:
         query = select(Outbox.id).where(
             Outbox.chat_id == chat_id,
@@ -616,6 +646,20 @@ class OutboxRepository(_Repository):
             col(Outbox.id) < before_id,
         )
         return (await self.session.exec(query.limit(1))).first() is not None
+
+
+# built once: the sender runs it for every message
+_MARK_SENT = (
+    sa.update(Outbox)
+    .where(col(Outbox.id) == sa.bindparam("outbox_id"))
+    .values(
+        state=OutboxState.SENT,
+        sent_at=sa.bindparam("at", type_=Outbox.__table__.c.sent_at.type),  # type: ignore[attr-defined]
+        sent_message_id=sa.bindparam("message_id"),
+        attempts=Outbox.attempts + 1,
+        lease_until=None,
+    )
+)
 
 
 class InboxRepository(_Repository):
