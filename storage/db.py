@@ -49,6 +49,9 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if memory:
         kwargs.setdefault("poolclass", sa.pool.StaticPool)
     kwargs.setdefault("connect_args", {"timeout": 30})
+    # every unit of work ends in its own COMMIT or ROLLBACK: the pool's extra rollback on
+    # each return would be one more round trip to the driver's thread per transaction
+    kwargs.setdefault("pool_reset_on_return", None)
     engine = create_async_engine(url, **kwargs)
     _configure_sqlite(engine, wal=not memory)
     return engine
