@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import time
@@ -118,6 +119,22 @@ class Workspace:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """The environment of a process we start: ours without any QUNBAN_ setting, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUNBAN_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env | settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def _admin(server: sa.URL, *statements: str) -> None:
     engine = create_async_engine(server, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
@@ -137,4 +154,7 @@ async def pg_reachable() -> str | None:
     return None
 
 
-__all__ = ["TOKEN", "Result", "Workspace", "bench_settings", "median", "timed"]
+__all__ = [
+    "REPO", "TOKEN", "Result", "Workspace", "bench_settings", "child_env", "free_port",
+    "median", "timed",
+]  # fmt: skip

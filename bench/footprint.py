@@ -6,32 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import TOKEN, Result, Workspace, median
+from bench.core import REPO, TOKEN, Result, Workspace, child_env, free_port, median
 from bench.history import Sizes
 from bench.pipeline import TimedDouble
 from bench.sweep import marks, undo
 from bot.teledouble_http import serve
 from storage.db import make_engine
 
-REPO = Path(__file__).resolve().parents[1]
 PEAK_MB = 150.0
 COLD_S = 1.5
 IMPORTS = "import bot.runner, bot.cli, handlers, storage.migrate"
-
-
-def child_env(**settings: str) -> dict[str, str]:
-    """Our environment without any QUNBAN_ setting, plus these."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUNBAN_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env | settings
 
 
 async def _python(*args: str, cwd: Path) -> tuple[float, str]:
@@ -90,9 +80,7 @@ async def _cold_start(url: str, cwd: Path) -> tuple[float, float]:
     """Seconds to the first getUpdates, and from SIGTERM to a clean exit."""
     double = FirstPoll()
     server = await serve(double)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = child_env(
         QUNBAN_TELEGRAM_TOKEN=TOKEN,
         QUNBAN_TELEGRAM_BASE_URL=server.base_url,
