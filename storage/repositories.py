@@ -339,25 +339,28 @@ class TicketRepository(_Repository):
     ) -> Sequence[Any]:
         """Open tickets idle since before a moment or past their due time, as narrow rows
         (id, state, claimant_id, last_activity_at, due_at, supervised_at, resolved_at) in id
-        order after `after_id` (keyset paging over the state indexes)."""
-        query = (
-            select(  # type: ignore[call-overload]
-                Ticket.id,
-                Ticket.state,
-                Ticket.claimant_id,
-                Ticket.last_activity_at,
-                Ticket.due_at,
-                Ticket.supervised_at,
-                Ticket.resolved_at,
-            )
-            .where(
-                col(Ticket.state).in_(list(OPEN_STATES)),
-                col(Ticket.id) > after_id,
-                sa.or_(col(Ticket.last_activity_at) <= idle_before, col(Ticket.due_at) <= now),
-            )
-            .order_by(col(Ticket.id))
-            .limit(limit)
+        order after `after_id`.
+
+        The idle ones and the late ones are two ranges, of the (state, last_activity_at) and
+        the (state, due_at) index, merged: the cost follows the open tickets that are idle or
+        late. As one query with OR, ordered by id and limited, PostgreSQL walked the primary
+        key through the whole history (0.3 s at a million tickets) to find the open ones at
+        its end.
+        """
+        columns = (
+            Ticket.id,
+            Ticket.state,
+            Ticket.claimant_id,
+            Ticket.last_activity_at,
+            Ticket.due_at,
+            Ticket.supervised_at,
+            Ticket.resolved_at,
         )
+        still_open = (col(Ticket.state).in_(list(OPEN_STATES)), col(Ticket.id) > after_id)
+        idle = select(*columns).where(*still_open, col(Ticket.last_activity_at) <= idle_before)
+        late = select(*columns).where(*still_open, col(Ticket.due_at) <= now)
+        both = sa.union(idle, late).subquery()
+        query = sa.select(*both.c).order_by(both.c.id).limit(limit)
         return (await self.session.exec(query)).all()
 
     async def remember_card(self, ticket_id: int, message_id: int, *, replace: bool) -> None:
