@@ -9,7 +9,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from bench import digest, footprint, intake, sender, sweep
@@ -41,9 +41,9 @@ FULL = Plan(
 QUICK = Plan(
     history=Sizes(10_000, 1_000, 100),
     smaller=Sizes(2_000, 1_000, 100),
-    intake=intake.IntakeSizes(updates=300, latency_seconds=4.0),
+    intake=intake.IntakeSizes(updates=120, latency_seconds=3.0),
     sender=sender.SenderSizes(messages=1_000, chats=200),
-    runs=3,
+    runs=2,
 )
 
 
@@ -56,6 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the data builds")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile each case (pyinstrument, dev extra)"
+    )
     return parser.parse_args(argv)
 
 
@@ -67,6 +70,26 @@ def cases(plan: Plan) -> dict[str, Callable[[Workspace, str], Awaitable[list[Res
         "sender": lambda ws, e: sender.run(ws, e, plan.sender),
         "footprint": lambda ws, e: footprint.run(ws, e, plan.history, plan.runs),
     }
+
+
+@contextlib.contextmanager
+def profiled(wanted: bool, what: str) -> Iterator[None]:
+    """Profile the block with pyinstrument and print where the time went (to stderr)."""
+    if not wanted:
+        yield
+        return
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        raise SystemExit("bench: --profile needs pyinstrument (pip install -e '.[dev]')") from None
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        print(f"--- {what}", file=sys.stderr)
+        print(profiler.output_text(unicode=True, color=False), file=sys.stderr)
 
 
 async def main(argv: list[str] | None = None, *, plan: Plan | None = None) -> list[Result]:
@@ -86,7 +109,9 @@ async def main(argv: list[str] | None = None, *, plan: Plan | None = None) -> li
         try:
             for name in chosen:
                 began = time.perf_counter()
-                for result in await cases(plan)[name](ws, engine):
+                with profiled(args.profile, f"{name} on {engine}"):
+                    found = await cases(plan)[name](ws, engine)
+                for result in found:
                     print(result.to_json(), flush=True)
                     results.append(result)
                 logging.getLogger("bench").info(
