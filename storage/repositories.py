@@ -520,21 +520,27 @@ class EventRepository(_Repository):
         self, start: datetime, end: datetime, kinds: Sequence[str], region_ids: Sequence[int]
     ) -> Sequence[Any]:
         """`window_events` narrowed to what a count needs: rows (ticket_id, kind, to_state,
-        ticket's department_id), with no times, data or actors to read and convert."""
-        query = (
-            select(  # type: ignore[call-overload]
-                TicketEvent.ticket_id,
-                TicketEvent.kind,
-                TicketEvent.to_state,
-                col(Ticket.department_id).label("ticket_department_id"),
-            )
-            .join(Ticket, col(Ticket.id) == TicketEvent.ticket_id)
-            .where(
-                TicketEvent.at >= start,
-                TicketEvent.at < end,
-                col(TicketEvent.kind).in_(kinds),
-                col(Ticket.region_id).in_(region_ids),
-            )
+        ticket's department_id), with no times, data or actors to read and convert.
+
+        The events come from the covering (kind, at, ticket_id, to_state) index; each one's
+        ticket is looked up by its key. Written as a join, PostgreSQL hashed the whole ticket
+        table instead (60-200 ms at a million tickets, growing with the history).
+        """
+        ticket = aliased(Ticket)
+
+        def of_ticket(column: Any) -> Any:
+            return select(column).where(ticket.id == TicketEvent.ticket_id).scalar_subquery()
+
+        query = select(  # type: ignore[call-overload]
+            TicketEvent.ticket_id,
+            TicketEvent.kind,
+            TicketEvent.to_state,
+            of_ticket(ticket.department_id).label("ticket_department_id"),
+        ).where(
+            TicketEvent.at >= start,
+            TicketEvent.at < end,
+            col(TicketEvent.kind).in_(kinds),
+            of_ticket(ticket.region_id).in_(region_ids),
         )
         return (await self.session.exec(query)).all()
 
