@@ -660,15 +660,16 @@ def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
     firms = [r.enterprise_id for r in items]
     for i in range(len(items)):
         mask, size, firm = masks[i], sizes[i], firms[i]
-        # count every later report's shared tokens in one pass, then look closer at the few
-        # that share enough
-        shared = [(mask & other).bit_count() for other in masks[i + 1 :]]
-        for j, n in enumerate(shared, start=i + 1):
-            if (
-                n >= MIN_SHARED
-                and firms[j] != firm
-                and n / max(min(size, sizes[j]), 1) >= MIN_OVERLAP
-            ):
+        # the later reports sharing enough tokens, found in one pass; only those are looked
+        # at more closely
+        near = [
+            j
+            for j, other in enumerate(masks[i + 1 :], start=i + 1)
+            if (mask & other).bit_count() >= MIN_SHARED
+        ]
+        for j in near:
+            shared = (mask & masks[j]).bit_count()
+            if firms[j] != firm and shared / max(min(size, sizes[j]), 1) >= MIN_OVERLAP:
                 yield i, j
 
 
