@@ -34,14 +34,14 @@ class Plan:
 FULL = Plan(
     history=Sizes(1_000_000, 10_000, 100),
     smaller=Sizes(100_000, 10_000, 100),
-    intake=intake.IntakeSizes(updates=2000, latency_seconds=20.0),
+    intake=intake.IntakeSizes(updates=600, latency_seconds=20.0, runs=3),
     sender=sender.SenderSizes(messages=10_000, chats=200),
     runs=5,
 )
 QUICK = Plan(
     history=Sizes(10_000, 1_000, 100),
     smaller=Sizes(2_000, 1_000, 100),
-    intake=intake.IntakeSizes(updates=120, latency_seconds=3.0),
+    intake=intake.IntakeSizes(updates=120, latency_seconds=3.0, runs=2),
     sender=sender.SenderSizes(messages=1_000, chats=200),
     runs=2,
 )
@@ -64,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def cases(plan: Plan) -> dict[str, Callable[[Workspace, str], Awaitable[list[Result]]]]:
     return {
-        "intake": lambda ws, e: intake.run(ws, e, plan.intake, plan.runs),
+        "intake": lambda ws, e: intake.run(ws, e, plan.intake),
         "sweep": lambda ws, e: sweep.run(ws, e, (plan.smaller, plan.history), plan.runs),
         "digest": lambda ws, e: digest.run(ws, e, plan.history, plan.runs),
         "sender": lambda ws, e: sender.run(ws, e, plan.sender),

@@ -26,6 +26,7 @@ OFFERED_PER_S = 50
 class IntakeSizes:
     updates: int  # per timed run, for the reports and for the mix
     latency_seconds: float  # how long 50 updates/s are offered
+    runs: int = 3  # timed runs of the reports and of the mix
 
 
 def reports(double: TeleDouble, chart: Chart, n: int, start: int = 0) -> list[JSON]:
@@ -99,8 +100,8 @@ async def _latency(bot: Any, chart: Chart, seconds: float, start: int) -> tuple[
     return out, len(offered)
 
 
-async def run(ws: Workspace, engine: str, sizes: IntakeSizes, runs: int) -> list[Result]:
-    n = sizes.updates
+async def run(ws: Workspace, engine: str, sizes: IntakeSizes) -> list[Result]:
+    n, runs = sizes.updates, sizes.runs
     floor_db = await ws.fresh(engine, "floor")
     floor_double = TeleDouble(token=TOKEN)
     warm = reports(floor_double, floor_db.chart, min(100, n))

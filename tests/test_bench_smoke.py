@@ -13,7 +13,7 @@ from bench.history import Sizes
 TINY = Plan(
     history=Sizes(400, 60, 10),
     smaller=Sizes(200, 60, 10),
-    intake=intake.IntakeSizes(updates=12, latency_seconds=0.3),
+    intake=intake.IntakeSizes(updates=12, latency_seconds=0.3, runs=1),
     sender=sender.SenderSizes(messages=40, chats=8),
     runs=1,
 )
