@@ -18,6 +18,7 @@ from bot.config import Settings
 from bot.errors import LeadersOnlyError, NotRegisteredError, UsageError
 from bot.markup import clip, escape
 from bot.notify import Notifier
+from bot.services import digest_queries as q
 from bot.services.nudges import IGNORABLE_RUNGS
 from bot.services.org import working_span
 from storage.tables import DigestRun, Outbox, Person, Region, Role, TicketState
@@ -167,9 +168,12 @@ class _Sums:
         self.rates = {name: [0, 0] for name in _RATE_NAMES}
 
     def rate(self, name: str, hit: bool) -> None:
+        self.add(name, int(hit), int(not hit))
+
+    def add(self, name: str, hits: int, misses: int) -> None:
         pair = self.rates[name]
-        pair[0] += hit
-        pair[1] += 1
+        pair[0] += hits
+        pair[1] += hits + misses
 
     def figures(self, department: Any) -> DepartmentFigures:
         return DepartmentFigures(
@@ -185,7 +189,8 @@ _RATE_NAMES = ("response", "resolution", "satisfaction", "promises")
 
 
 class Scorer:
-    """The departments' figures from window-bounded queries: cost follows the window."""
+    """The departments' figures, added up by the database over the window's assignments and
+    the open backlog: a few aggregate queries whose cost follows the window, not the history."""
 
     def __init__(self, calendar: WorkCalendar, settings: Settings) -> None:
         self._cal = calendar
@@ -200,13 +205,14 @@ class Scorer:
         end: datetime,
         now: datetime,
         *,
-        open_rows: Sequence[Any] | None = None,
         ignored_rows: Sequence[Any] | None = None,
+        scope: q.Scope | None = None,
     ) -> tuple[DepartmentFigures, ...]:
-        """Every department serving the regions, ranked best first. `open_rows` and
-        `ignored_rows` are the regions' open reports and ignored nudges, when already read."""
+        """Every department serving the regions, ranked best first. `ignored_rows` are the
+        regions' ignored nudges, when already read."""
+        scope = scope or await q.Scope.of(uow, region_ids)
         known = {d.id: d for d in await uow.org.all_departments()}
-        sums = {d.id: _Sums() for d in known.values() if d.region_id in region_ids}
+        sums = {d.id: _Sums() for d in known.values() if d.region_id in scope.region_ids}
 
         def of(dept: int | None) -> _Sums | None:
             tally = sums.get(dept)  # type: ignore[arg-type]
@@ -214,64 +220,63 @@ class Scorer:
                 tally = sums[dept] = _Sums()  # type: ignore[index]
             return tally
 
-        counted = set()
-        for t in await uow.events.tickets_with_event("assign", start, end, region_ids):
-            counted.add(t.id)
-            if S(t.state) not in _GONE and (tally := of(t.department_id)) is not None:
-                self._ticket(tally, t, now)
-        # older tickets still sitting unclaimed or overdue count against the department too
-        if open_rows is None:
-            open_rows = await uow.tickets.open_reports(region_ids)
-        for t in open_rows:
-            if t.id not in counted and (tally := of(t.department_id)) is not None:
-                self._backlog(tally, t, now)
-        for e in await uow.events.window_kinds(start, end, _DEPT_KINDS, region_ids):
-            if (tally := of(e.ticket_department_id)) is None:
+        span, cal = self._respond, self._cal
+        found, undecided = await q.assigned(uow, scope, cal, span, start, end, now)
+        for row in found:
+            if (tally := of(row.department_id)) is not None:
+                tally.counts["assigned"] += row.count
+                tally.add("response", row.response_hit, row.response_late + row.response_waiting)
+                tally.add(
+                    "resolution", row.resolution_hit, row.resolution_total - row.resolution_hit
+                )
+        if any(row.undecided for row in found):
+            await self._undecided(uow, scope, undecided, start, end, of)
+        if any(row.promised for row in found):
+            await self._promises(uow, scope, start, end, now, of)
+        for row in await q.backlog(uow, scope, cal, span, start, end, now):
+            if (tally := of(row.department_id)) is not None:
+                tally.add("response", 0, row.response_missed)
+                tally.add("resolution", 0, row.resolution_missed)
+                tally.counts["overdue"] = row.overdue
+        for dept, kind, closed, n in await q.department_events(uow, scope, start, end):
+            if (tally := of(dept)) is None:
                 continue
-            if e.kind == "rate":
-                good = e.to_state == S.CLOSED
-                tally.rate("satisfaction", good)
-                tally.counts["redo"] += not good
-            elif e.kind == "reject_return":
-                tally.counts["returns_disputed"] += 1
+            if kind == "rate":
+                tally.add("satisfaction", n if closed else 0, 0 if closed else n)
+                tally.counts["redo"] += 0 if closed else n
+            elif kind == "reject_return":
+                tally.counts["returns_disputed"] += n
             else:
-                tally.counts["escalations"] += 1
+                tally.counts["escalations"] += n
         if ignored_rows is None:
-            ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
+            ignored_rows = await uow.schedule.ignored_nudges(scope.region_ids, IGNORABLE_RUNGS)
         for dept, _person, _name, n in ignored_rows:
             if (tally := of(dept)) is not None:
                 tally.counts["nudges_ignored"] += n
-        for dept, n in (await uow.tickets.overdue_counts(region_ids, now)).items():
-            if (tally := of(dept)) is not None:
-                tally.counts["overdue"] = n
         return ranked(tally.figures(known[dept]) for dept, tally in sums.items())
 
-    def _ticket(self, tally: _Sums, t: Any, now: datetime) -> None:
-        """What one assigned ticket adds to its department's figures; a ticket whose deadline
-        has not come yet counts neither way."""
-        tally.counts["assigned"] += 1
-        if t.assigned_at is not None:
-            if t.claimed_at is not None and t.claimed_at - t.assigned_at <= self._respond:
-                tally.rate("response", True)  # working time never outruns the clock
-            else:
-                deadline = self._deadline(t.assigned_at)
-                if t.claimed_at is not None or now >= deadline:
-                    tally.rate("response", t.claimed_at is not None and t.claimed_at <= deadline)
-        if t.due_at is not None and (t.resolved_at is not None or now >= t.due_at):
-            tally.rate("resolution", t.resolved_at is not None and t.resolved_at <= t.due_at)
-        if t.promised_date is not None:
-            done = t.resolved_at.astimezone(self._tz).date() if t.resolved_at else None
-            if done is not None or now.astimezone(self._tz).date() > t.promised_date:
-                tally.rate("promises", done is not None and done <= t.promised_date)
+    async def _undecided(self, uow: UnitOfWork, scope: q.Scope, condition: str,
+                         start: datetime, end: datetime, of: Any) -> None:  # fmt: skip
+        """Claims the working-time query could not place (an assignment before the window):
+        each decided by the calendar."""
+        ids = await q.ticket_ids(uow, scope, condition, start, end)
+        for t in await q.tickets_by_id(uow, ids):
+            if (tally := of(t.department_id)) is not None:
+                late = t.claimed_at - t.assigned_at > self._respond
+                tally.rate("response", not late or t.claimed_at <= self._deadline(t.assigned_at))
 
-    def _backlog(self, tally: _Sums, t: Any, now: datetime) -> None:
-        """Misses of an open ticket assigned before the window: unclaimed past the response
-        limit, unresolved past the due time."""
-        waiting = S(t.state) in (S.ASSIGNED, S.SUPERVISED) and t.claimant_id is None
-        if waiting and t.assigned_at is not None and now >= self._deadline(t.assigned_at):
-            tally.rate("response", False)
-        if t.due_at is not None and now >= t.due_at:
-            tally.rate("resolution", False)
+    async def _promises(self, uow: UnitOfWork, scope: q.Scope, start: datetime,
+                        end: datetime, now: datetime, of: Any) -> None:  # fmt: skip
+        """Promised dates kept, by the local date of the resolution; a promise whose date has
+        not passed yet counts neither way."""
+        ids = await q.ticket_ids(uow, scope, "t.promised_date IS NOT NULL", start, end)
+        today = now.astimezone(self._tz).date()
+        for t in await q.tickets_by_id(uow, ids):
+            if (tally := of(t.department_id)) is None:
+                continue
+            done = t.resolved_at.astimezone(self._tz).date() if t.resolved_at else None
+            if done is not None or today > t.promised_date:
+                tally.rate("promises", done is not None and done <= t.promised_date)
 
     def _deadline(self, assigned_at: datetime) -> datetime:
         return self._cal.add_working(assigned_at, self._respond)
@@ -422,18 +427,13 @@ class DigestService:
         self, uow: UnitOfWork, region: Region, day: date, now: datetime, late: bool
     ) -> Digest:
         region_ids = sorted(await uow.org.region_and_below(region.id))  # type: ignore[arg-type]
+        scope = await q.Scope.of(uow, region_ids)
         start, end = self.period(day, now)
-        flow: dict[str, set[int]] = defaultdict(set)
-        escalations = 0
-        for e in await uow.events.window_kinds(start, end, _FLOW_KINDS, region_ids):
-            closing = e.kind == "autoclose" or (e.kind == "rate" and e.to_state == S.CLOSED)
-            flow["closed" if closing else e.kind].add(e.ticket_id)
-            escalations += e.kind == "escalate"
+        flow = await q.flow(uow, scope, start, end)
         window = end - timedelta(days=RATE_WINDOW_DAYS)
-        open_rows = await uow.tickets.open_reports(region_ids)
         ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
         departments = await self.scorer.departments(
-            uow, region_ids, window, end, now, open_rows=open_rows, ignored_rows=ignored_rows
+            uow, region_ids, window, end, now, ignored_rows=ignored_rows, scope=scope
         )
         overdue = await self._overdue(uow, region_ids, now)
         ignored = await self._ignored(uow, ignored_rows)
@@ -447,11 +447,11 @@ class DigestService:
             late=late,
             timezone=self._settings.timezone,
             day_length=self._calendar.working_day_length(),
-            new=len(flow["report"]),
-            claimed=len(flow["claim"]),
-            resolved=len(flow["resolve"]),
-            closed=len(flow["closed"]),
-            escalations=escalations,
+            new=flow.new,
+            claimed=flow.claimed,
+            resolved=flow.resolved,
+            closed=flow.closed,
+            escalations=flow.escalations,
             open_by_state=tuple(sorted((await uow.tickets.state_counts(region_ids)).items())),
             overdue=overdue,
             overdue_total=sum(d.overdue for d in departments),
@@ -459,7 +459,7 @@ class DigestService:
             window_days=RATE_WINDOW_DAYS,
             ignored=ignored[:IGNORED_LISTED],
             nudges_ignored=sum(i.count for i in ignored),
-            clusters=await self._clusters(uow, open_rows),
+            clusters=await self._clusters(uow, await uow.tickets.open_reports(region_ids)),
         )
 
     async def _overdue(
