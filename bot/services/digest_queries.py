@@ -67,10 +67,7 @@ class Sql:
         if self.postgres:
             return f"CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT)"
         # 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds, then the six digits of the fraction
-        return (
-            f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
-            f" + CAST(substr({column}, 21, 6) AS INTEGER))"
-        )
+        return f"(strftime('%s', {column}) * 1000000 + substr({column}, 21))"
 
     @staticmethod
     def names(values: Iterable[str]) -> str:
@@ -241,19 +238,18 @@ class Assigned:
     """One department's tickets assigned in the window."""
 
     department_id: int
-    count: int
-    response_hit: int
-    response_late: int  # claimed after the deadline
-    response_waiting: int  # unclaimed past the deadline
-    claimed: int
-    resolution_hit: int
-    resolution_total: int
-    promised: int
+    count: int = 0
+    response_hit: int = 0
+    response_late: int = 0  # claimed after the deadline
+    response_waiting: int = 0  # unclaimed past the deadline
+    undecided: int = 0  # claims outside the query's working periods, left to the calendar
+    resolution_hit: int = 0
+    resolution_total: int = 0
+    promised: int = 0
 
-    @property
-    def undecided(self) -> int:
-        """Claims outside the working periods of the query, left to the calendar."""
-        return self.claimed - self.response_hit - self.response_late
+
+# how a claim went, by the sign of V(claimed_at) - 2 (W(assigned_at) + span)
+_IN_TIME, _LATE, _UNCLAIMED, _UNDECIDED = (-1, 0), 1, 2, 9
 
 
 async def assigned(
@@ -266,39 +262,55 @@ async def assigned(
     now: datetime,
 ) -> tuple[list[Assigned], str]:
     """Per department, how its tickets assigned in [start, end) did: claimed in time, resolved
-    by the due time, and how many carry a promised date. Also the condition that picks those
-    tickets, for reading the few that need it one by one."""
+    by the due time, and how many carry a promised date. Also the condition that picks the
+    claims left undecided, to read them one by one.
+
+    Grouped by department and by how the claim went, so the working time of each ticket is
+    worked out once."""
     sql = Sql(uow.dialect)
     pick = (
         f"t.id IN ({assigned_in(sql, start, end)})"
         f" AND t.state NOT IN ({sql.names(_GONE)}) AND t.department_id IS NOT NULL"
         + region_filter(scope)
     )
-    claimed = "t.claimed_at IS NOT NULL AND t.assigned_at IS NOT NULL"
     if span > timedelta(0):
         clock = WorkingTime(sql, start, working_periods(calendar, start, max(now, end)))
-        limit = f"2 * ({clock.worked('t.assigned_at')} + {span // _MICRO})"
-        in_time = f"{clock.claimed('t.claimed_at')} <= {limit}"
-        late = f"{clock.claimed('t.claimed_at')} > {limit}"
+        margin = (
+            f"{clock.claimed('t.claimed_at')}"
+            f" - 2 * ({clock.worked('t.assigned_at')} + {span // _MICRO})"
+        )
+        sign = f"sign({margin})" if sql.postgres else f"max(min({margin}, 1), -1)"
+        how = f"coalesce({sign}, {_UNDECIDED})"
     else:  # no time at all: only a claim no later than the assignment is in time
-        in_time, late = "t.claimed_at <= t.assigned_at", "t.claimed_at > t.assigned_at"
+        how = f"CASE WHEN t.claimed_at <= t.assigned_at THEN 0 ELSE {_LATE} END"
+    how = (
+        f"CASE WHEN t.claimed_at IS NOT NULL AND t.assigned_at IS NOT NULL THEN {how}"
+        f" ELSE {_UNCLAIMED} END"
+    )
     missed = latest_missed(calendar, span, now)
     statement = (
-        "SELECT t.department_id, count(*),"
-        f" sum(CASE WHEN {claimed} AND {in_time} THEN 1 ELSE 0 END),"
-        f" sum(CASE WHEN {claimed} AND {late} THEN 1 ELSE 0 END),"
+        f"SELECT t.department_id, {how} AS how, count(*),"
         " sum(CASE WHEN t.claimed_at IS NULL"
         f" AND t.assigned_at <= {sql.instant(missed)} THEN 1 ELSE 0 END),"
-        f" sum(CASE WHEN {claimed} THEN 1 ELSE 0 END),"
         " sum(CASE WHEN t.resolved_at <= t.due_at THEN 1 ELSE 0 END),"
         " sum(CASE WHEN t.due_at IS NOT NULL AND (t.resolved_at IS NOT NULL"
         f" OR t.due_at <= {sql.instant(now)}) THEN 1 ELSE 0 END),"
         " sum(CASE WHEN t.promised_date IS NOT NULL THEN 1 ELSE 0 END)"
-        f" FROM ticket t WHERE {pick} GROUP BY t.department_id"
+        f" FROM ticket t WHERE {pick} GROUP BY t.department_id, how"
     )
-    found = [Assigned(*(int(v or 0) for v in row)) for row in await rows(uow, statement)]
-    undecided = f"{claimed} AND NOT ({in_time}) AND NOT ({late})"
-    return found, undecided if span > timedelta(0) else "1 = 0"
+    found: dict[int, Assigned] = {}
+    for dept, code, n, waiting, resolved, due, promised in await rows(uow, statement):
+        row = found.setdefault(int(dept), Assigned(int(dept)))
+        code = int(code)
+        row.count += int(n)
+        row.response_hit += int(n) if code in _IN_TIME else 0
+        row.response_late += int(n) if code == _LATE else 0
+        row.undecided += int(n) if code == _UNDECIDED else 0
+        row.response_waiting += int(waiting or 0)
+        row.resolution_hit += int(resolved or 0)
+        row.resolution_total += int(due or 0)
+        row.promised += int(promised or 0)
+    return list(found.values()), f"{how} = {_UNDECIDED}"
 
 
 @dataclass

@@ -9,6 +9,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from itertools import compress, count
 from typing import Any
 
 from bot import texts_digest
@@ -651,26 +653,35 @@ def similar_groups(rows: Sequence[Any], per_department: int = 200) -> list[list[
 
 
 def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
-    """The pairs of reports from different enterprises that are `similar`: each summary's
-    tokens as the bits of one integer, so that counting the shared ones is a single AND."""
-    bit: dict[str, int] = {}
+    """The pairs of reports from different enterprises that are `similar`.
+
+    Each summary's tokens are the bits of one integer, so the tokens two share are one AND
+    and a bit count, done for a whole row of pairs at a time in C (map). Taken from the
+    fewest tokens up, the later summary of a pair is never the shorter, so the shared tokens
+    a pair needs are fixed for the whole row.
+    """
     grams = [tokens(r.summary) for r in items]
-    masks = [sum(1 << bit.setdefault(t, len(bit)) for t in g) for g in grams]
-    sizes = [len(g) for g in grams]
-    firms = [r.enterprise_id for r in items]
-    for i in range(len(items)):
-        mask, size, firm = masks[i], sizes[i], firms[i]
-        # the later reports sharing enough tokens, found in one pass; only those are looked
-        # at more closely
-        near = [
-            j
-            for j, other in enumerate(masks[i + 1 :], start=i + 1)
-            if (mask & other).bit_count() >= MIN_SHARED
-        ]
-        for j in near:
-            shared = (mask & masks[j]).bit_count()
-            if firms[j] != firm and shared / max(min(size, sizes[j]), 1) >= MIN_OVERLAP:
-                yield i, j
+    vocabulary = {t: i for i, t in enumerate(frozenset().union(*grams))}
+    bits = [1 << i for i in range(len(vocabulary))]
+    order = sorted(range(len(items)), key=lambda i: len(grams[i]))
+    masks = [sum(map(bits.__getitem__, map(vocabulary.__getitem__, grams[i]))) for i in order]
+    firms = [items[i].enterprise_id for i in order]
+    for x, i in enumerate(order):
+        mask, firm = masks[x], firms[x]
+        enough = _needed(len(grams[i])).__le__
+        shared = map(int.bit_count, map(mask.__and__, masks[x + 1 :]))
+        for y in compress(count(x + 1), map(enough, shared)):
+            if firms[y] != firm:
+                yield i, order[y]
+
+
+@cache
+def _needed(size: int) -> int:
+    """The fewest shared tokens that make a summary of `size` tokens `similar` to a longer
+    one (more than it has: never)."""
+    return next(
+        (k for k in range(MIN_SHARED, size + 1) if k / max(size, 1) >= MIN_OVERLAP), size + 1
+    )
 
 
 def _root(parent: list[int], i: int) -> int:
