@@ -395,3 +395,16 @@ async def tickets_by_id(uow: UnitOfWork, ids: Sequence[int]) -> Sequence[Any]:
         Ticket.resolved_at,
     ).where(col(Ticket.id).in_(ids))
     return (await uow.session.exec(query)).all()
+
+
+async def open_summaries(uow: UnitOfWork, scope: Scope, limit: int) -> Sequence[Any]:
+    """The newest open, unresolved reports, as rows (id, department_id, enterprise_id,
+    summary): what the near-alike reports are found among."""
+    sql = Sql(uow.dialect)
+    statement = (
+        "SELECT t.id, t.department_id, t.enterprise_id, t.summary FROM ticket t"
+        f" WHERE t.state IN ({sql.names(_UNRESOLVED)})"
+        + region_filter(scope)
+        + f" ORDER BY t.id DESC LIMIT {int(limit)}"
+    )
+    return await rows(uow, statement)

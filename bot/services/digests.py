@@ -34,6 +34,7 @@ TIERS = ((0.90, "A"), (0.75, "B"))
 OVERDUE_LISTED = 15
 IGNORED_LISTED = 8
 CLUSTERS_LISTED = 5
+OPEN_SCANNED = 5000  # the newest open reports the near-alike ones are looked for among
 _FLOW_KINDS = ("report", "claim", "resolve", "rate", "autoclose", "escalate")
 _DEPT_KINDS = ("rate", "reject_return", "escalate")
 _GONE = frozenset({S.WITHDRAWN, S.MERGED})
@@ -461,7 +462,7 @@ class DigestService:
             window_days=RATE_WINDOW_DAYS,
             ignored=ignored[:IGNORED_LISTED],
             nudges_ignored=sum(i.count for i in ignored),
-            clusters=await self._clusters(uow, await uow.tickets.open_reports(region_ids)),
+            clusters=await self._clusters(uow, await q.open_summaries(uow, scope, OPEN_SCANNED)),
         )
 
     async def _overdue(
@@ -488,7 +489,7 @@ class DigestService:
         return sorted(out, key=lambda x: (-x.count, x.name))
 
     async def _clusters(self, uow: UnitOfWork, rows: Sequence[Any]) -> tuple[Cluster, ...]:
-        """Similar open reports (`rows` of open_reports) from different enterprises."""
+        """Similar open reports (`rows` of open_summaries) from different enterprises."""
         depts = {d.id: d.name for d in await uow.org.all_departments()}
         found = [
             Cluster(
@@ -591,7 +592,7 @@ def overdue_item(calendar: WorkCalendar, row: Any, now: datetime) -> OverdueItem
 def ranking_chart(
     lang: str, region: str, day: date | None, days: int, rows: Sequence[DepartmentFigures]
 ) -> bytes | None:
-    from bot import charts  # matplotlib costs most of a second at start-up: load it when drawn
+    from bot import charts  # Pillow is loaded when the first chart is drawn, not at start-up
 
     bars = [
         charts.Bar(
