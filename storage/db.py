@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import registry
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
@@ -12,6 +13,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.orm.session import Session as SyncSession
 
 READONLY = "qunban_readonly"
+
+registry.register("sqlite.qunban_inline", "storage.sqlite_inline", "SQLiteDialect_inline")
 
 # Ticket events are an append-only record: the database itself refuses to change them.
 _SQLITE_GUARDS = [
@@ -38,8 +41,12 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for writers."""
+def make_engine(url: str, *, inline: bool = True, **kwargs: Any) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for writers.
+
+    SQLite runs on the event loop's thread (`storage.sqlite_inline`) unless `inline` is false,
+    when it goes through aiosqlite's thread as the URL says.
+    """
     if not is_sqlite(url):
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 5)
@@ -52,13 +59,17 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     # every unit of work ends in its own COMMIT or ROLLBACK: the pool's extra rollback on
     # each return would be one more round trip to the driver's thread per transaction
     kwargs.setdefault("pool_reset_on_return", None)
-    engine = create_async_engine(url, **kwargs)
+    target = make_url(url)
+    if inline:
+        target = target.set(drivername="sqlite+qunban_inline")
+    engine = create_async_engine(target, **kwargs)
     _configure_sqlite(engine, wal=not memory)
     return engine
 
 
 def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
     sync_engine = engine.sync_engine
+    inline = engine.dialect.driver == "qunban_inline"
 
     @sa.event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -68,7 +79,8 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        if not inline:  # the inline driver waits for locks on a thread of its own
+            cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

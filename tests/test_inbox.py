@@ -448,6 +448,8 @@ async def test_replayed_shuffled_and_concurrent_copies_make_no_duplicates(shared
     reporters = [org["beta_boss"], org["acme_boss"], org["gamma_boss"]]
 
     async def handle(update: Update, context: Any) -> None:
+        # a handler waits on the network somewhere: the other workers get their turn here
+        await asyncio.sleep(0)
         if update.effective_message.text.startswith("effect"):
             await add_effect(uows, update.update_id)
         else:
