@@ -106,11 +106,13 @@ async def run(ws: Workspace, engine: str, sizes: IntakeSizes) -> list[Result]:
     floor_double = TeleDouble(token=TOKEN)
     warm = reports(floor_double, floor_db.chart, min(100, n))
     await floor(floor_db.url, floor_double, warm)
-    floor_rates = []
+    floor_rates: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
-        updates = reports(floor_double, floor_db.chart, n)
-        floor_rates.append(n / await floor(floor_db.url, floor_double, updates))
-    floor_rate = median(floor_rates)
+        for inline in (False, True):
+            updates = reports(floor_double, floor_db.chart, n)
+            seconds = await floor(floor_db.url, floor_double, updates, inline=inline)
+            floor_rates[inline].append(n / seconds)
+    floor_rate, inline_rate = median(floor_rates[False]), median(floor_rates[True])
 
     db = await ws.fresh(engine, "intake")
     chart, made = db.chart, 0
@@ -129,7 +131,8 @@ async def run(ws: Workspace, engine: str, sizes: IntakeSizes) -> list[Result]:
         made += (await _latency(bot, chart, min(1.0, sizes.latency_seconds), made))[1]  # warm
         waits, _ = await _latency(bot, chart, sizes.latency_seconds, made)
     out = [
-        _throughput(name, engine, n, floor_rate, r, sends_per_update) for name, r in rates.items()
+        _throughput(name, engine, n, (floor_rate, inline_rate), r, sends_per_update)
+        for name, r in rates.items()
     ]
     return [*out, _latency_result(engine, waits)]
 
@@ -138,14 +141,17 @@ def _rates(n: int, seconds: tuple[float, float]) -> tuple[float, float]:
     return n / seconds[0], n / seconds[1]
 
 
-def _throughput(name: str, engine: str, n: int, floor_rate: float,
+def _throughput(name: str, engine: str, n: int, floors: tuple[float, float],
                 runs: list[tuple[float, float]], sends: float) -> Result:  # fmt: skip
+    floor_rate, inline_rate = floors
     rate = median([r for r, _ in runs])
     drained = median([d for _, d in runs])
     note = (
         "floor: a bare PTB Application decoding each update, replying, and making one SQLModel "
-        "insert and commit; the figure counts updates whose effect and replies are committed "
-        "(to the outbox) while the sender runs; drained_updates_per_s waits for every reply "
+        "insert and commit (SQLite through aiosqlite; floor_inline_updates_per_s is the same "
+        "Application on the driver Qunban runs SQLite with); the figure counts updates whose "
+        "effect and replies are committed (to the outbox) while the sender runs; "
+        "drained_updates_per_s waits for every reply "
         "to reach the Bot API as well"
     )
     return Result(
@@ -157,6 +163,7 @@ def _throughput(name: str, engine: str, n: int, floor_rate: float,
             "drained_updates_per_s": drained,
             "bot_api_calls_per_update": sends,
             "floor_updates_per_s": floor_rate,
+            "floor_inline_updates_per_s": inline_rate,
         },
         floor=floor_rate,
         ratio=rate / floor_rate,

@@ -132,10 +132,13 @@ async def running(url: str, double: TimedDouble):
         await services.close()
 
 
-async def floor(url: str, double: TeleDouble, updates: Sequence[JSON]) -> float:
+async def floor(
+    url: str, double: TeleDouble, updates: Sequence[JSON], *, inline: bool = False
+) -> float:
     """Seconds a bare Application takes for these updates (made by `double`): decode, reply,
-    one SQLModel insert and commit each."""
-    engine = make_engine(url)
+    one SQLModel insert and commit each. SQLite goes through aiosqlite, as the stack has it,
+    unless `inline` asks for the driver Qunban itself uses."""
+    engine = make_engine(url, inline=inline)
     sessions = make_session_factory(engine)
 
     async def handler(update: Update, _: Any) -> None:
