@@ -177,34 +177,49 @@ class OrgRepository(_Repository):
 
         return await self._all_once(("officials", department_id, heads_only), query)
 
-    async def preload_officials(self, department_ids: Sequence[int]) -> None:
-        """Read the officials of these departments at once, for `officials_of` to answer."""
-        wanted = [d for d in department_ids if ("officials", d, False) not in self._known]
-        if not wanted:
-            return
-        query = select(Person).where(
-            col(Person.department_id).in_(wanted), Person.role == Role.OFFICIAL, Person.active
+    async def people_to_nudge(
+        self, person_ids: Sequence[int], department_ids: Sequence[int], roles: Sequence[Role]
+    ) -> Sequence[Any]:
+        """Whom the idle sweep's nudges can go to, in one query: these people, the active
+        officials of these departments, and the active people of these roles who have a
+        region. Narrow rows (id, telegram_id, name, language, dm_blocked, active, role,
+        region_id, department_id, is_head), each person once, in id order."""
+        columns = (
+            Person.id,
+            Person.telegram_id,
+            Person.name,
+            Person.language,
+            Person.dm_blocked,
+            Person.active,
+            Person.role,
+            Person.region_id,
+            Person.department_id,
+            Person.is_head,
         )
-        found: dict[int, list[Person]] = {d: [] for d in wanted}
-        for person in await self._all(query.order_by(Person.id)):
-            found[person.department_id].append(person)  # type: ignore[index]
-        for department, people in found.items():
-            self._known["officials", department, False] = people
-            self._known["officials", department, True] = [p for p in people if p.is_head]
-
-    async def preload_roles(self, roles: Sequence[Role], region_ids: Sequence[int]) -> None:
-        """Read the people of these roles in these regions at once, for `people_with_role`
-        to answer region by region."""
-        query = select(Person).where(
-            col(Person.role).in_(roles), col(Person.region_id).in_(region_ids), Person.active
-        )
-        found: dict[tuple[Any, ...], list[Person]] = {
-            ("role", role, region): [] for role in roles for region in region_ids
-        }
-        for person in await self._all(query.order_by(Person.id)):
-            found["role", person.role, person.region_id].append(person)
-        for key, people in found.items():
-            self._known.setdefault(key, people)
+        parts = []
+        if person_ids:
+            parts.append(select(*columns).where(col(Person.id).in_(person_ids)))
+        if department_ids:
+            parts.append(
+                select(*columns).where(
+                    col(Person.department_id).in_(department_ids),
+                    Person.role == Role.OFFICIAL,
+                    col(Person.active),
+                )
+            )
+        if roles:
+            parts.append(
+                select(*columns).where(
+                    col(Person.role).in_(roles),
+                    col(Person.region_id).is_not(None),
+                    col(Person.active),
+                )
+            )
+        if not parts:
+            return []
+        found = sa.union(*parts).subquery()
+        query = sa.select(*found.c).order_by(found.c.id)
+        return (await self.session.exec(query)).all()  # type: ignore[call-overload]
 
     async def people_with_role(self, role: Role, region_ids: Sequence[int]) -> Sequence[Person]:
         return await self._all_once(
@@ -370,13 +385,35 @@ class TicketRepository(_Repository):
             query = query.where(col(Ticket.card_message_id).is_(None))
         await self.session.exec(query.values(card_message_id=message_id))  # type: ignore[call-overload]
 
-    async def claim_all_for_work(self, ticket_ids: Sequence[int]) -> Sequence[Ticket]:
-        """`claim_for_work` for many tickets at once: those another worker holds are left out."""
+    async def lock_for_nudges(self, ticket_ids: Sequence[int]) -> Sequence[Any]:
+        """The tickets the idle sweep is about to nudge, locked for this transaction (those
+        another worker holds are left out), as narrow rows: the ladder's times (as in
+        `scan_page`), department_id, region_id, reporter_id, group_chat_id, anonymous and
+        summary, and what the nudges name: department_name and group_language (None when
+        there is no such department or group)."""
         query = (
-            select(Ticket)
+            select(  # type: ignore[call-overload]
+                Ticket.id,
+                Ticket.state,
+                Ticket.claimant_id,
+                Ticket.last_activity_at,
+                Ticket.due_at,
+                Ticket.supervised_at,
+                Ticket.resolved_at,
+                Ticket.department_id,
+                Ticket.region_id,
+                Ticket.reporter_id,
+                Ticket.group_chat_id,
+                Ticket.anonymous,
+                Ticket.summary,
+                col(Department.name).label("department_name"),
+                col(ChatGroup.language).label("group_language"),
+            )
+            .join(Department, col(Department.id) == Ticket.department_id, isouter=True)
+            .join(ChatGroup, col(ChatGroup.chat_id) == Ticket.group_chat_id, isouter=True)
             .where(col(Ticket.id).in_(ticket_ids))
             .order_by(col(Ticket.id))
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=Ticket.__table__, skip_locked=True)  # type: ignore[attr-defined]
         )
         return (await self.session.exec(query)).all()
 
@@ -795,31 +832,31 @@ class ScheduleRepository(_Repository):
         self, keys: Sequence[tuple[int, str, int, int]], at: datetime
     ) -> set[tuple[int, str, int, int]]:
         """Record nudges under their unique keys (ticket, rung, person, slot) in one statement;
-        the keys that were new (the rest were sent already: a rerun, another instance)."""
+        the keys that were new (the rest were sent already: a rerun, another instance).
+
+        One statement of many rows, built from one cached statement and the rows' values
+        (executemany with RETURNING): an INSERT of many VALUES built row by row cost more to
+        compile than to run."""
         if not keys:
             return set()
         dialect = self.session.bind.dialect.name  # type: ignore[union-attr]
-        insert = sa_postgresql.insert if dialect == "postgresql" else sa_sqlite.insert
-        statement = (
-            insert(Nudge)
-            .values(
-                [
-                    {
-                        "ticket_id": t,
-                        "rung": r,
-                        "person_id": p,
-                        "slot": s,
-                        "at": at,
-                        "acted": False,
-                    }
-                    for t, r, p, s in dict.fromkeys(keys)
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["ticket_id", "rung", "person_id", "slot"])
-            .returning(Nudge.ticket_id, Nudge.rung, Nudge.person_id, Nudge.slot)
-        )
-        result = await self.session.exec(statement)  # type: ignore[call-overload]
+        rows = [
+            {"ticket_id": t, "rung": r, "person_id": p, "slot": s, "at": at, "acted": False}
+            for t, r, p, s in dict.fromkeys(keys)
+        ]
+        statement = _ADD_NUDGES[dialect if dialect == "postgresql" else "sqlite"]
+        result = await self.session.exec(statement, params=rows)  # type: ignore[call-overload]
         return {tuple(row) for row in result.all()}
+
+    async def queue_nudges(
+        self, messages: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]
+    ) -> None:
+        """Write the idle sweep's outbox rows and the events that record its nudges: one
+        executemany a table, as plain values (a row object each cost more than the insert)."""
+        if messages:
+            await self.session.exec(_QUEUE_OUTBOX, params=list(messages))  # type: ignore[call-overload]
+        if events:
+            await self.session.exec(_ADD_EVENTS, params=list(events))  # type: ignore[call-overload]
 
     async def ignored_nudges(
         self, region_ids: Sequence[int], rungs: Sequence[str]
@@ -873,3 +910,18 @@ class ScheduleRepository(_Repository):
             ~done,
         )
         return (await self.session.exec(query.order_by(col(Person.id)))).all()
+
+
+# the idle sweep's writes, built once; on the tables, not the classes, so that many rows go
+# to the driver as they are (the ORM's bulk path would look at each)
+_NUDGE_KEY = ["ticket_id", "rung", "person_id", "slot"]
+_ADD_NUDGES = {
+    name: (
+        insert(Nudge.__table__)  # type: ignore[attr-defined]
+        .on_conflict_do_nothing(index_elements=_NUDGE_KEY)
+        .returning(*(Nudge.__table__.c[c] for c in _NUDGE_KEY))  # type: ignore[attr-defined]
+    )
+    for name, insert in (("postgresql", sa_postgresql.insert), ("sqlite", sa_sqlite.insert))
+}
+_QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
+_ADD_EVENTS = sa.insert(TicketEvent.__table__)  # type: ignore[attr-defined]

@@ -318,12 +318,18 @@ class Backlog:
     """One department's open, unresolved tickets."""
 
     department_id: int
-    response_missed: int  # assigned before the window, still unclaimed past the deadline
-    resolution_missed: int  # assigned before the window, past the due time
-    overdue: int  # past the due time, whenever assigned
+    response_missed: int = 0  # assigned before the window, still unclaimed past the deadline
+    resolution_missed: int = 0  # assigned before the window, past the due time
+    overdue: int = 0  # past the due time, whenever assigned
 
 
-async def backlog(
+@dataclass(frozen=True)
+class OpenTickets:
+    by_state: dict[str, int]  # every open ticket, by state
+    backlog: list[Backlog]  # the unresolved ones, per department
+
+
+async def open_tickets(
     uow: UnitOfWork,
     scope: Scope,
     calendar: WorkCalendar,
@@ -331,22 +337,37 @@ async def backlog(
     start: datetime,
     end: datetime,
     now: datetime,
-) -> list[Backlog]:
-    """The open, unresolved tickets per department: one range of the state index per state."""
+) -> OpenTickets:
+    """The open tickets by state, and per department what the unresolved ones owe: one range
+    of the state index per open state, grouped by department, state and whether the ticket
+    was assigned in [start, end) (and so counted with the window's assignments instead)."""
     sql = Sql(uow.dialect)
-    outside = f"t.id NOT IN ({assigned_in(sql, start, end)})"
-    missed = latest_missed(calendar, span, now)
     at_now = sql.instant(now)
     statement = (
-        "SELECT t.department_id,"
-        f" sum(CASE WHEN t.state IN ({sql.names(_WAITING)}) AND t.claimant_id IS NULL"
-        f" AND t.assigned_at <= {sql.instant(missed)} AND {outside} THEN 1 ELSE 0 END),"
-        f" sum(CASE WHEN t.due_at <= {at_now} AND {outside} THEN 1 ELSE 0 END),"
+        "SELECT t.department_id, t.state,"
+        f" CASE WHEN t.id IN ({assigned_in(sql, start, end)}) THEN 1 ELSE 0 END AS fresh,"
+        " count(*),"
+        " sum(CASE WHEN t.claimant_id IS NULL"
+        f" AND t.assigned_at <= {sql.instant(latest_missed(calendar, span, now))}"
+        " THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN t.due_at <= {at_now} THEN 1 ELSE 0 END),"
         f" sum(CASE WHEN t.due_at < {at_now} THEN 1 ELSE 0 END)"
-        f" FROM ticket t WHERE t.state IN ({sql.names(_UNRESOLVED)})"
-        " AND t.department_id IS NOT NULL" + region_filter(scope) + " GROUP BY t.department_id"
+        f" FROM ticket t WHERE t.state IN ({sql.names(sorted(OPEN_STATES))})"
+        + region_filter(scope)
+        + " GROUP BY t.department_id, t.state, fresh"
     )
-    return [Backlog(*(int(v or 0) for v in row)) for row in await rows(uow, statement)]
+    by_state: dict[str, int] = {}
+    backlog: dict[int, Backlog] = {}
+    for dept, state, fresh, n, unclaimed, due, overdue in await rows(uow, statement):
+        by_state[state] = by_state.get(state, 0) + int(n)
+        if dept is None or state == S.RESOLVED:
+            continue
+        row = backlog.setdefault(int(dept), Backlog(int(dept)))
+        row.overdue += int(overdue or 0)
+        if not int(fresh):
+            row.resolution_missed += int(due or 0)
+            row.response_missed += int(unclaimed or 0) if state in _WAITING else 0
+    return OpenTickets(by_state, list(backlog.values()))
 
 
 async def department_events(

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from itertools import compress, count
 from typing import Any
 
 from bot import texts_digest
@@ -210,9 +209,11 @@ class Scorer:
         *,
         ignored_rows: Sequence[Any] | None = None,
         scope: q.Scope | None = None,
+        opened: q.OpenTickets | None = None,
     ) -> tuple[DepartmentFigures, ...]:
-        """Every department serving the regions, ranked best first. `ignored_rows` are the
-        regions' ignored nudges, when already read."""
+        """Every department serving the regions, ranked best first. `ignored_rows` (the
+        regions' ignored nudges) and `opened` (their open tickets, from `open_tickets` over
+        the same window) are passed when already read."""
         scope = scope or await q.Scope.of(uow, region_ids)
         known = {d.id: d for d in await uow.org.all_departments()}
         sums = {d.id: _Sums() for d in known.values() if d.region_id in scope.region_ids}
@@ -236,7 +237,9 @@ class Scorer:
             await self._undecided(uow, scope, undecided, start, end, of)
         if any(row.promised for row in found):
             await self._promises(uow, scope, start, end, now, of)
-        for row in await q.backlog(uow, scope, cal, span, start, end, now):
+        if opened is None:
+            opened = await self.open_tickets(uow, scope, start, end, now)
+        for row in opened.backlog:
             if (tally := of(row.department_id)) is not None:
                 tally.add("response", 0, row.response_missed)
                 tally.add("resolution", 0, row.resolution_missed)
@@ -257,6 +260,11 @@ class Scorer:
             if (tally := of(dept)) is not None:
                 tally.counts["nudges_ignored"] += n
         return ranked(tally.figures(known[dept]) for dept, tally in sums.items())
+
+    async def open_tickets(
+        self, uow: UnitOfWork, scope: q.Scope, start: datetime, end: datetime, now: datetime
+    ) -> q.OpenTickets:
+        return await q.open_tickets(uow, scope, self._cal, self._respond, start, end, now)
 
     async def _undecided(self, uow: UnitOfWork, scope: q.Scope, condition: str,
                          start: datetime, end: datetime, of: Any) -> None:  # fmt: skip
@@ -435,8 +443,16 @@ class DigestService:
         flow = await q.flow(uow, scope, start, end)
         window = end - timedelta(days=RATE_WINDOW_DAYS)
         ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
+        opened = await self.scorer.open_tickets(uow, scope, window, end, now)
         departments = await self.scorer.departments(
-            uow, region_ids, window, end, now, ignored_rows=ignored_rows, scope=scope
+            uow,
+            region_ids,
+            window,
+            end,
+            now,
+            ignored_rows=ignored_rows,
+            scope=scope,
+            opened=opened,
         )
         overdue = await self._overdue(uow, region_ids, now)
         ignored = await self._ignored(uow, ignored_rows)
@@ -455,7 +471,7 @@ class DigestService:
             resolved=flow.resolved,
             closed=flow.closed,
             escalations=flow.escalations,
-            open_by_state=tuple(sorted((await uow.tickets.state_counts(region_ids)).items())),
+            open_by_state=tuple(sorted(opened.by_state.items())),
             overdue=overdue,
             overdue_total=sum(d.overdue for d in departments),
             departments=departments,
@@ -656,24 +672,41 @@ def similar_groups(rows: Sequence[Any], per_department: int = 200) -> list[list[
 def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
     """The pairs of reports from different enterprises that are `similar`.
 
-    Each summary's tokens are the bits of one integer, so the tokens two share are one AND
-    and a bit count, done for a whole row of pairs at a time in C (map). Taken from the
-    fewest tokens up, the later summary of a pair is never the shorter, so the shared tokens
-    a pair needs are fixed for the whole row.
+    Taken from the fewest tokens up, the later report of a pair is never the shorter, so one
+    report needs the same number of shared tokens with every later one. Each token's reports
+    are the bits of one integer, and a report's shared tokens with all the later ones are
+    counted at once: bit-sliced, one integer per binary digit of the count.
     """
     grams = [tokens(r.summary) for r in items]
-    vocabulary = {t: i for i, t in enumerate(frozenset().union(*grams))}
-    bits = [1 << i for i in range(len(vocabulary))]
     order = sorted(range(len(items)), key=lambda i: len(grams[i]))
-    masks = [sum(map(bits.__getitem__, map(vocabulary.__getitem__, grams[i]))) for i in order]
-    firms = [items[i].enterprise_id for i in order]
-    for x, i in enumerate(order):
-        mask, firm = masks[x], firms[x]
-        enough = _needed(len(grams[i])).__le__
-        shared = map(int.bit_count, map(mask.__and__, masks[x + 1 :]))
-        for y in compress(count(x + 1), map(enough, shared)):
-            if firms[y] != firm:
-                yield i, order[y]
+    having: dict[str, int] = defaultdict(int)  # token -> the reports (positions) with it
+    firms: dict[Any, int] = defaultdict(int)  # enterprise -> its reports
+    for position, i in enumerate(order):
+        bit = 1 << position
+        for token in grams[i]:
+            having[token] |= bit
+        firms[items[i].enterprise_id] |= bit
+    everyone = (1 << len(order)) - 1
+    for position, i in enumerate(order):
+        need = _needed(len(grams[i]))
+        later = everyone >> (position + 1) << (position + 1)
+        others = later & ~firms[items[i].enterprise_id]
+        if not others or need > len(grams[i]):
+            continue
+        digits: list[int] = []  # digits[d]: the reports whose count has binary digit d set
+        for token in grams[i]:
+            carry = having[token] & others
+            for d, digit in enumerate(digits):
+                digits[d], carry = digit ^ carry, digit & carry
+                if not carry:
+                    break
+            if carry:
+                digits.append(carry)
+        found = _at_least(digits, need, others)
+        while found:
+            low = found & -found
+            yield i, order[low.bit_length() - 1]
+            found ^= low
 
 
 @cache
@@ -683,6 +716,20 @@ def _needed(size: int) -> int:
     return next(
         (k for k in range(MIN_SHARED, size + 1) if k / max(size, 1) >= MIN_OVERLAP), size + 1
     )
+
+
+def _at_least(digits: Sequence[int], need: int, among: int) -> int:
+    """The reports (of `among`) whose bit-sliced count is at least `need`."""
+    if need >> len(digits):
+        return 0
+    above, equal = 0, among
+    for d in range(len(digits) - 1, -1, -1):
+        if need >> d & 1:
+            equal &= digits[d]
+        else:
+            above |= equal & digits[d]
+            equal &= ~digits[d]
+    return above | equal
 
 
 def _root(parent: list[int], i: int) -> int:

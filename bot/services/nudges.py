@@ -14,11 +14,12 @@ from bot.calendar import WorkCalendar
 from bot.clock import Clock
 from bot.config import Settings
 from bot.errors import QunbanError
+from bot.markup import split_html
 from bot.notify import Notifier
 from bot.services.org import working_span
 from bot.services.tickets import TicketService
 from bot.tickets import Action
-from storage.tables import Person, Role, Ticket, TicketEvent, TicketState
+from storage.tables import OutboxState, Role, TicketState
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class NudgeService:
         now = now or self._clock.now()
         if not self._calendar.is_working_time(now):
             return ScanReport(now, working=False)
-        tally, after = _Tally(), 0
+        tally, after, chart = _Tally(), 0, _Chart()
         while True:
             async with self._uows(readonly=True) as uow:
                 quiet = self.ladder.quiet_since(now)
@@ -226,7 +227,7 @@ class NudgeService:
                         wanted[row.id] = want
                 except Exception:
                     log.exception("idle scan: ticket #%s failed; the next scan retries it", row.id)
-            tally.nudges += await self._nudge_page(wanted, now)
+            tally.nudges += await self._nudge_page(wanted, now, chart)
             if len(rows) < PAGE:
                 break
             after = rows[-1].id
@@ -274,20 +275,20 @@ class NudgeService:
         return True
 
     async def _nudge_page(
-        self, wanted: dict[int, set[tuple[Rung, int]]], now: datetime
+        self, wanted: dict[int, set[tuple[Rung, int]]], now: datetime, chart: _Chart
     ) -> list[SentNudge]:
         """A page's nudges in one transaction; should that fail, ticket by ticket, so that
         one ticket that fails holds up no other."""
         if not wanted:
             return []
         try:
-            return await self._nudge_together(wanted, now)
+            return await self._nudge_together(wanted, now, chart)
         except Exception:
             log.warning("idle scan: a page of nudges failed; sending them one ticket at a time")
         sent: list[SentNudge] = []
         for number, want in wanted.items():
             try:
-                sent += await self._nudge(number, want, now)
+                sent += await self._nudge_together({number: want}, now, chart)
             except Exception:
                 log.exception("idle scan: ticket #%s failed; the next scan retries it", number)
         return sent
@@ -298,98 +299,105 @@ class NudgeService:
         return await self._nudge_together({number: wanted}, now)
 
     async def _nudge_together(
-        self, wanted: dict[int, set[tuple[Rung, int]]], now: datetime
+        self,
+        wanted: dict[int, set[tuple[Rung, int]]],
+        now: datetime,
+        chart: _Chart | None = None,
     ) -> list[SentNudge]:
         """Lock the tickets (another instance keeps those it holds), re-read each under its
         lock (a claim or resolve that just landed cancels its nudge), record every nudge's key
-        in one statement, and queue the messages of those that were new."""
+        in one statement, and write the messages and events of those that were new, a
+        statement for each table: the round trips follow the page, not its tickets."""
+        chart = chart or _Chart()
         async with self._uows() as uow:
-            tickets = await uow.tickets.claim_all_for_work(sorted(wanted))
-            await _preload(uow, tickets)
-            planned: list[tuple[Ticket, Due, list[Person]]] = []
+            tickets = await uow.tickets.lock_for_nudges(sorted(wanted))
+            await chart.read(uow, tickets)
+            planned: list[tuple[Any, Due, list[Any]]] = []
             for ticket in tickets:
                 for due in self.ladder.due(ticket, now):
-                    if (due.rung, due.slot) in wanted[ticket.id]:  # type: ignore[index]
-                        people = await self._people(uow, ticket, due.rung)
-                        planned.append((ticket, due, people))
+                    if (due.rung, due.slot) in wanted[ticket.id]:
+                        planned.append((ticket, due, chart.recipients(ticket, due.rung)))
             keys = [(t.id, d.rung.value, p.id, d.slot) for t, d, people in planned for p in people]
-            fresh = await uow.schedule.add_nudges(keys, now)  # type: ignore[arg-type]
+            fresh = await uow.schedule.add_nudges(keys, now)
             sent: list[SentNudge] = []
+            page = _Page(self._clock.now())
             for ticket, due, people in planned:
                 new = [p for p in people if (ticket.id, due.rung.value, p.id, due.slot) in fresh]
                 if new:
-                    sent += await self._record(uow, ticket, due, new, now)
+                    sent += self._record(page, chart, ticket, due, new, now)
             if sent:
+                await uow.schedule.queue_nudges(page.messages, page.events)
                 await uow.commit()
         return sent
 
-    async def _people(self, uow: UnitOfWork, ticket: Ticket, rung: Rung) -> list[Person]:
-        """Who gets this rung's nudge: each once, and only those Telegram can reach."""
-        people: dict[int, Person] = {}
-        for person in await self._recipients(uow, ticket, rung):
-            if person.telegram_id and person.id not in people:
-                people[person.id] = person  # type: ignore[index]
-        return list(people.values())
-
-    async def _record(
-        self, uow: UnitOfWork, ticket: Ticket, due: Due, people: list[Person], now: datetime
+    def _record(
+        self, page: _Page, chart: _Chart, ticket: Any, due: Due, people: list[Any], now: datetime
     ) -> list[SentNudge]:
-        await self._tell(uow, ticket, due, people, now)
-        uow.events.add(
-            TicketEvent(
-                ticket_id=ticket.id,  # type: ignore[arg-type]
-                kind=_EVENT_KIND.get(due.rung, "nudge"),
-                from_state=ticket.state,
-                to_state=ticket.state,
-                note=", ".join(p.name for p in people),
-                data={"rung": due.rung.value, "slot": due.slot, "people": [p.id for p in people]},
-                at=now,
-            )
+        self._tell(page, chart, ticket, due, people, now)
+        page.events.append(
+            {
+                "ticket_id": ticket.id,
+                "kind": _EVENT_KIND.get(due.rung, "nudge"),
+                "actor_id": None,
+                "from_state": ticket.state,
+                "to_state": ticket.state,
+                "note": ", ".join(p.name for p in people),
+                "data": {
+                    "rung": due.rung.value,
+                    "slot": due.slot,
+                    "people": [p.id for p in people],
+                },
+                "at": now,
+            }
         )
-        return [SentNudge(ticket.id, due.rung.value, p.id, due.slot) for p in people]  # type: ignore[arg-type]
+        return [SentNudge(ticket.id, due.rung.value, p.id, due.slot) for p in people]
 
-    async def _tell(
-        self, uow: UnitOfWork, ticket: Ticket, due: Due, people: Sequence[Person], now: datetime
+    def _tell(
+        self,
+        page: _Page,
+        chart: _Chart,
+        ticket: Any,
+        due: Due,
+        people: Sequence[Any],
+        now: datetime,
     ) -> None:
         """Privately to each who can get it; in the group, a mention for the rest (and for all
         of the department when a ticket waits to be claimed)."""
-        facts = await self._facts(uow, ticket, due, now)
+        facts = self._facts(chart, ticket, due, now)
+        texts_in: dict[str, str] = {}
         for person in people:
             if person.dm_blocked:
                 continue
-            self._notify.message(
-                uow,
-                person.telegram_id,  # type: ignore[arg-type]
-                texts_digest.nudge(person.language, facts),
+            lang = person.language
+            if lang not in texts_in:
+                texts_in[lang] = texts_digest.nudge(lang, facts)
+            page.message(
+                person.telegram_id,
+                texts_in[lang],
                 ticket_id=ticket.id,
                 person_id=person.id,
-                buttons=_buttons(person.language, due.rung, facts.number),
+                buttons=_buttons(lang, due.rung, facts.number),
             )
         named = [p for p in people if p.dm_blocked or due.rung is Rung.UNCLAIMED]
         hidden = due.rung is Rung.RATE_INVITE and ticket.anonymous
         if named and ticket.group_chat_id is not None and not hidden:
-            group = await uow.org.group_by_chat(ticket.group_chat_id)
-            lang = group.language if group else "zh"
+            lang = ticket.group_language or "zh"
             mentions = [(p.telegram_id, p.name) for p in named]
-            self._notify.message(
-                uow,
+            page.message(
                 ticket.group_chat_id,
-                texts_digest.nudge_in_group(lang, facts, mentions),  # type: ignore[arg-type]
+                texts_digest.nudge_in_group(lang, facts, mentions),
                 ticket_id=ticket.id,
             )
 
-    async def _facts(
-        self, uow: UnitOfWork, ticket: Ticket, due: Due, now: datetime
+    def _facts(
+        self, chart: _Chart, ticket: Any, due: Due, now: datetime
     ) -> texts_digest.NudgeFacts:
-        department = (
-            await uow.org.department(ticket.department_id) if ticket.department_id else None
-        )
-        claimant = await uow.org.person(ticket.claimant_id) if ticket.claimant_id else None
+        claimant = chart.person(ticket.claimant_id)
         return texts_digest.NudgeFacts(
             rung=due.rung.value,
-            number=ticket.id,  # type: ignore[arg-type]
+            number=ticket.id,
             summary=ticket.summary,
-            department=department.name if department else None,
+            department=ticket.department_name if ticket.department_id else None,
             claimant=claimant.name if claimant else None,
             waited=self.ladder.waited(due.since, now),
             day_length=self._calendar.working_day_length(),
@@ -398,52 +406,163 @@ class NudgeService:
             tz=self._settings.tz,
         )
 
-    async def _recipients(self, uow: UnitOfWork, ticket: Ticket, rung: Rung) -> list[Person]:
+
+class _Chart:
+    """The org chart as one sweep's nudges need it: who each rung goes to.
+
+    Read in one query a page at most (only people, departments and roles not read yet), and
+    kept for the sweep, a matter of seconds in which the org chart does not change: the
+    pages of a sweep do not read the same people again. Rows are narrow: (id, telegram_id,
+    name, language, dm_blocked, active, role, region_id, department_id, is_head).
+    """
+
+    ROLES = (Role.COORDINATOR, Role.LEADER)
+
+    def __init__(self) -> None:
+        self._people: dict[int, Any] = {}  # claimants and reporters by id, None when gone
+        self._officials: dict[int, list[Any]] = {}  # the active officials of a department
+        self._with_role: dict[tuple[str, int], list[Any]] | None = None  # by (role, region)
+        self._parents: dict[int, int | None] | None = None  # each region's parent
+
+    async def read(self, uow: UnitOfWork, tickets: Sequence[Any]) -> None:
+        """Read what these tickets' nudges need and the sweep has not read yet."""
+        ids = sorted(
+            {
+                i
+                for t in tickets
+                for i in (t.claimant_id, t.reporter_id)
+                if i and i not in self._people
+            }
+        )
+        departments = sorted(
+            {t.department_id for t in tickets if t.department_id}.difference(self._officials)
+        )
+        roles = self.ROLES if self._with_role is None else ()
+        parents = self._parents
+        if parents is None:
+            parents = {r.id: r.parent_id for r in await uow.org.all_regions()}  # type: ignore[misc]
+        rows = (
+            await uow.org.people_to_nudge(ids, departments, roles)
+            if ids or departments or roles
+            else []
+        )
+        wanted = set(ids)
+        officials: dict[int, list[Any]] = {d: [] for d in departments}
+        with_role: dict[tuple[str, int], list[Any]] = {}
+        for row in rows:
+            if row.id in wanted:
+                self._people[row.id] = row
+            if not row.active:
+                continue
+            if row.role == Role.OFFICIAL and row.department_id in officials:
+                officials[row.department_id].append(row)
+            if roles and row.role in roles and row.region_id is not None:
+                with_role.setdefault((row.role, row.region_id), []).append(row)
+        for i in ids:
+            self._people.setdefault(i, None)
+        self._officials.update(officials)
+        if roles:
+            self._with_role = with_role
+        self._parents = parents
+
+    def person(self, person_id: int | None) -> Any:
+        return self._people.get(person_id) if person_id else None
+
+    def recipients(self, ticket: Any, rung: Rung) -> list[Any]:
+        """Who gets this rung's nudge: each once, and only those Telegram can reach."""
+        people: dict[int, Any] = {}
+        for person in self._rung(ticket, rung):
+            if person.telegram_id and person.id not in people:
+                people[person.id] = person
+        return list(people.values())
+
+    def _rung(self, ticket: Any, rung: Rung) -> list[Any]:
         dept = ticket.department_id
         match rung:
             case Rung.UNASSIGNED:
-                return await _first_up(uow, ticket.region_id, Role.COORDINATOR) or await _first_up(
-                    uow, ticket.region_id, Role.LEADER
+                return self._first_up(ticket.region_id, Role.COORDINATOR) or self._first_up(
+                    ticket.region_id, Role.LEADER
                 )
             case Rung.UNCLAIMED:
-                return list(await uow.org.officials_of(dept)) if dept else []
+                return list(self._officials.get(dept, ())) if dept else []
             case Rung.IDLE:
-                return await _active(uow, ticket.claimant_id)
+                return self._active(ticket.claimant_id)
             case Rung.IDLE_HEAD:
-                heads = await uow.org.officials_of(dept, heads_only=True) if dept else []
+                heads = [p for p in self._officials.get(dept, ()) if p.is_head] if dept else []
                 return [h for h in heads if h.id != ticket.claimant_id]
             case Rung.OVERDUE:
-                return await _first_up(uow, ticket.region_id, Role.LEADER)
+                return self._first_up(ticket.region_id, Role.LEADER)
             case Rung.ESCALATE:
-                chain = await uow.org.region_and_above(ticket.region_id)
-                top = [chain[-1].id] if chain else []
-                return list(await uow.org.people_with_role(Role.LEADER, top))  # type: ignore[arg-type]
+                chain = self._region_and_above(ticket.region_id)
+                return list(self._role_in(Role.LEADER, chain[-1])) if chain else []
             case Rung.RATE_INVITE:
-                return await _active(uow, ticket.reporter_id)
+                return self._active(ticket.reporter_id)
         return []
 
+    def _role_in(self, role: Role, region_id: int) -> list[Any]:
+        return (self._with_role or {}).get((role, region_id), [])
 
-async def _preload(uow: UnitOfWork, tickets: Sequence[Ticket]) -> None:
-    """Read the people these tickets' nudges go to in a few queries, not one each."""
-    await uow.org.people(sorted({i for t in tickets for i in (t.claimant_id, t.reporter_id) if i}))
-    await uow.org.all_departments()
-    await uow.org.preload_officials(sorted({t.department_id for t in tickets if t.department_id}))
-    regions = [r.id for r in await uow.org.all_regions()]
-    await uow.org.preload_roles([Role.COORDINATOR, Role.LEADER], regions)  # type: ignore[arg-type]
+    def _first_up(self, region_id: int, role: Role) -> list[Any]:
+        """The people of a role in the region, or in the nearest region above that has any."""
+        for region in self._region_and_above(region_id):
+            if found := self._role_in(role, region):
+                return list(found)
+        return []
+
+    def _region_and_above(self, region_id: int) -> list[int]:
+        parents = self._parents or {}
+        chain: list[int] = []
+        current: int | None = region_id if region_id in parents else None
+        while current is not None and current not in chain:
+            chain.append(current)
+            parent = parents[current]
+            current = parent if parent and parent in parents else None
+        return chain
+
+    def _active(self, person_id: int | None) -> list[Any]:
+        person = self.person(person_id)
+        return [person] if person is not None and person.active else []
 
 
-async def _first_up(uow: UnitOfWork, region_id: int, role: Role) -> list[Person]:
-    """The people of a role in the region, or in the nearest region above that has any."""
-    for region in await uow.org.region_and_above(region_id):
-        found = await uow.org.people_with_role(role, [region.id])  # type: ignore[list-item]
-        if found:
-            return list(found)
-    return []
+@dataclass
+class _Page:
+    """The outbox rows and events one transaction of the sweep writes, as plain values."""
 
+    at: datetime  # when the messages were queued (the notifier's clock)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
-async def _active(uow: UnitOfWork, person_id: int | None) -> list[Person]:
-    person = await uow.org.person(person_id) if person_id else None
-    return [person] if person is not None and person.active else []
+    def message(
+        self,
+        chat_id: int,
+        html: str,
+        *,
+        ticket_id: int,
+        person_id: int | None = None,
+        buttons: list[list[dict[str, str]]] | None = None,
+    ) -> None:
+        """Queue a message as `Notifier.message` does: split when longer than Telegram
+        allows, the buttons on the last part."""
+        chunks = split_html(html)
+        for index, chunk in enumerate(chunks):
+            payload: dict[str, Any] = {"text": chunk, "parse_mode": "HTML"}
+            if buttons and index == len(chunks) - 1:
+                payload["reply_markup"] = {"inline_keyboard": buttons}
+            self.messages.append(
+                {
+                    "chat_id": chat_id,
+                    "method": "sendMessage",
+                    "payload": payload,
+                    "ticket_id": ticket_id,
+                    "person_id": person_id,
+                    "dedupe_key": None,
+                    "is_card": False,
+                    "state": OutboxState.PENDING,
+                    "created_at": self.at,
+                    "not_before": self.at,
+                    "attempts": 0,
+                }
+            )
 
 
 def _buttons(lang: str, rung: Rung, number: int) -> list[list[dict[str, str]]] | None:
