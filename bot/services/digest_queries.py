@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -59,15 +59,13 @@ class Sql:
         # SQLite keeps SQLAlchemy's text form (UTC): literals compare with it as text
         return f"TIMESTAMPTZ '{text}+00'" if self.postgres else f"'{text}'"
 
-    def day(self, d: date) -> str:
-        return f"DATE '{d.isoformat()}'" if self.postgres else f"'{d.isoformat()}'"
-
     def micros(self, column: str) -> str:
         """An instant as integer microseconds since the epoch."""
         if self.postgres:
             return f"CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT)"
-        # 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds, then the six digits of the fraction
-        return f"(strftime('%s', {column}) * 1000000 + substr({column}, 21))"
+        # 'YYYY-MM-DD HH:MM:SS.ffffff': the whole seconds (strftime would round the fraction
+        # into them), then the six digits of the fraction
+        return f"(strftime('%s', substr({column}, 1, 19)) * 1000000 + substr({column}, 21))"
 
     @staticmethod
     def names(values: Iterable[str]) -> str:
