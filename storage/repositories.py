@@ -184,42 +184,11 @@ class OrgRepository(_Repository):
         officials of these departments, and the active people of these roles who have a
         region. Narrow rows (id, telegram_id, name, language, dm_blocked, active, role,
         region_id, department_id, is_head), each person once, in id order."""
-        columns = (
-            Person.id,
-            Person.telegram_id,
-            Person.name,
-            Person.language,
-            Person.dm_blocked,
-            Person.active,
-            Person.role,
-            Person.region_id,
-            Person.department_id,
-            Person.is_head,
-        )
-        parts = []
-        if person_ids:
-            parts.append(select(*columns).where(col(Person.id).in_(person_ids)))
-        if department_ids:
-            parts.append(
-                select(*columns).where(
-                    col(Person.department_id).in_(department_ids),
-                    Person.role == Role.OFFICIAL,
-                    col(Person.active),
-                )
-            )
-        if roles:
-            parts.append(
-                select(*columns).where(
-                    col(Person.role).in_(roles),
-                    col(Person.region_id).is_not(None),
-                    col(Person.active),
-                )
-            )
-        if not parts:
+        if not (person_ids or department_ids or roles):
             return []
-        found = sa.union(*parts).subquery()
-        query = sa.select(*found.c).order_by(found.c.id)
-        return (await self.session.exec(query)).all()  # type: ignore[call-overload]
+        params = {"ids": list(person_ids), "departments": list(department_ids)}
+        params["roles"] = [str(r) for r in roles]
+        return (await self.session.exec(_PEOPLE_TO_NUDGE, params=params)).all()  # type: ignore[call-overload]
 
     async def people_with_role(self, role: Role, region_ids: Sequence[int]) -> Sequence[Person]:
         return await self._all_once(
@@ -391,31 +360,8 @@ class TicketRepository(_Repository):
         `scan_page`), department_id, region_id, reporter_id, group_chat_id, anonymous and
         summary, and what the nudges name: department_name and group_language (None when
         there is no such department or group)."""
-        query = (
-            select(  # type: ignore[call-overload]
-                Ticket.id,
-                Ticket.state,
-                Ticket.claimant_id,
-                Ticket.last_activity_at,
-                Ticket.due_at,
-                Ticket.supervised_at,
-                Ticket.resolved_at,
-                Ticket.department_id,
-                Ticket.region_id,
-                Ticket.reporter_id,
-                Ticket.group_chat_id,
-                Ticket.anonymous,
-                Ticket.summary,
-                col(Department.name).label("department_name"),
-                col(ChatGroup.language).label("group_language"),
-            )
-            .join(Department, col(Department.id) == Ticket.department_id, isouter=True)
-            .join(ChatGroup, col(ChatGroup.chat_id) == Ticket.group_chat_id, isouter=True)
-            .where(col(Ticket.id).in_(ticket_ids))
-            .order_by(col(Ticket.id))
-            .with_for_update(of=Ticket.__table__, skip_locked=True)  # type: ignore[attr-defined]
-        )
-        return (await self.session.exec(query)).all()
+        params = {"ids": list(ticket_ids)}
+        return (await self.session.exec(_LOCK_FOR_NUDGES, params=params)).all()  # type: ignore[call-overload]
 
     async def claim_for_work(self, ticket_id: int) -> Ticket | None:
         """The ticket locked for this transaction, or None while another worker holds it
@@ -819,14 +765,8 @@ class ScheduleRepository(_Repository):
         """Per ticket and rung: (ticket_id, rung, the highest slot, the latest time sent)."""
         if not ticket_ids:
             return []
-        query = (
-            select(  # type: ignore[call-overload]
-                Nudge.ticket_id, Nudge.rung, sa.func.max(Nudge.slot), sa.func.max(Nudge.at)
-            )
-            .where(col(Nudge.ticket_id).in_(ticket_ids))
-            .group_by(Nudge.ticket_id, Nudge.rung)
-        )
-        return (await self.session.exec(query)).all()
+        params = {"ids": list(ticket_ids)}
+        return (await self.session.exec(_LATEST_NUDGES, params=params)).all()  # type: ignore[call-overload]
 
     async def add_nudges(
         self, keys: Sequence[tuple[int, str, int, int]], at: datetime
@@ -912,8 +852,71 @@ class ScheduleRepository(_Repository):
         return (await self.session.exec(query.order_by(col(Person.id)))).all()
 
 
-# the idle sweep's writes, built once; on the tables, not the classes, so that many rows go
-# to the driver as they are (the ORM's bulk path would look at each)
+# the idle sweep's statements, built once: it runs them every minute, and building them
+# cost more than running them. The writes name the tables, not the classes, so that many rows
+# go to the driver as they are (the ORM's bulk path would look at each).
+
+
+def _in(column: Any, name: str) -> Any:
+    return col(column).in_(sa.bindparam(name, expanding=True))
+
+
+_PERSON_COLUMNS = (
+    Person.id,
+    Person.telegram_id,
+    Person.name,
+    Person.language,
+    Person.dm_blocked,
+    Person.active,
+    Person.role,
+    Person.region_id,
+    Person.department_id,
+    Person.is_head,
+)
+_people_found = sa.union(
+    select(*_PERSON_COLUMNS).where(_in(Person.id, "ids")),
+    select(*_PERSON_COLUMNS).where(
+        _in(Person.department_id, "departments"), Person.role == Role.OFFICIAL, col(Person.active)
+    ),
+    select(*_PERSON_COLUMNS).where(
+        _in(Person.role, "roles"), col(Person.region_id).is_not(None), col(Person.active)
+    ),
+).subquery()
+_PEOPLE_TO_NUDGE = sa.select(*_people_found.c).order_by(_people_found.c.id)
+
+_LOCK_FOR_NUDGES = (
+    select(  # type: ignore[call-overload]
+        Ticket.id,
+        Ticket.state,
+        Ticket.claimant_id,
+        Ticket.last_activity_at,
+        Ticket.due_at,
+        Ticket.supervised_at,
+        Ticket.resolved_at,
+        Ticket.department_id,
+        Ticket.region_id,
+        Ticket.reporter_id,
+        Ticket.group_chat_id,
+        Ticket.anonymous,
+        Ticket.summary,
+        col(Department.name).label("department_name"),
+        col(ChatGroup.language).label("group_language"),
+    )
+    .join(Department, col(Department.id) == Ticket.department_id, isouter=True)
+    .join(ChatGroup, col(ChatGroup.chat_id) == Ticket.group_chat_id, isouter=True)
+    .where(_in(Ticket.id, "ids"))
+    .order_by(col(Ticket.id))
+    .with_for_update(of=Ticket.__table__, skip_locked=True)  # type: ignore[attr-defined]
+)
+
+_LATEST_NUDGES = (
+    select(  # type: ignore[call-overload]
+        Nudge.ticket_id, Nudge.rung, sa.func.max(Nudge.slot), sa.func.max(Nudge.at)
+    )
+    .where(_in(Nudge.ticket_id, "ids"))
+    .group_by(Nudge.ticket_id, Nudge.rung)
+)
+
 _NUDGE_KEY = ["ticket_id", "rung", "person_id", "slot"]
 _ADD_NUDGES = {
     name: (

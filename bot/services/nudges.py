@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class Ladder:
         self.repeat = span(settings.nudge_repeat_every)
         self.rate_invite = span(settings.rate_invite_after)
         self.autoclose = span(settings.autoclose_after)
+        # the sweep asks again for a ticket it has just read, once it holds the ticket's lock;
+        # the answer depends on these times alone
+        self._due = functools.lru_cache(maxsize=4096)(self._compute_due)
 
     def quiet_since(self, now: datetime) -> datetime:
         """Nothing idle only since this moment can be due: working time never outruns the clock."""
@@ -101,28 +105,40 @@ class Ladder:
 
     def due(self, t: Snapshot, now: datetime) -> list[Due]:
         """The nudges due for this ticket at `now` (each at its current repeat)."""
-        state, last = S(t.state), t.last_activity_at
+        times = (t.last_activity_at, t.due_at, t.supervised_at, t.resolved_at)
+        return list(self._due(S(t.state), t.claimant_id is not None, *times, now))
+
+    def _compute_due(
+        self,
+        state: S,
+        claimed: bool,
+        last: datetime,
+        due_at: datetime | None,
+        supervised_at: datetime | None,
+        resolved_at: datetime | None,
+        now: datetime,
+    ) -> tuple[Due, ...]:
         out: list[Due] = []
         if state in (S.REPORTED, S.RETURNED):
             out += self._repeating(Rung.UNASSIGNED, last, self.after(last, self.unassigned), now)
-        if state is S.ASSIGNED or (state is S.SUPERVISED and t.claimant_id is None):
+        if state is S.ASSIGNED or (state is S.SUPERVISED and not claimed):
             out += self._repeating(Rung.UNCLAIMED, last, self.after(last, self.unclaimed), now)
-        if state in (S.CLAIMED, S.SUPERVISED) and t.claimant_id is not None:
+        if state in (S.CLAIMED, S.SUPERVISED) and claimed:
             first = self.after(last, self.idle)
             out += self._repeating(Rung.IDLE, last, first, now)
             out += self._repeating(Rung.IDLE_HEAD, last, self.after(first, self.idle), now)
-        if state in _UNRESOLVED and t.due_at is not None and now >= t.due_at:
-            out.append(Due(Rung.OVERDUE, t.due_at, t.due_at, slot_of(t.due_at)))
-        if state is S.SUPERVISED and t.supervised_at is not None:
-            since = max(last, t.supervised_at)
+        if state in _UNRESOLVED and due_at is not None and now >= due_at:
+            out.append(Due(Rung.OVERDUE, due_at, due_at, slot_of(due_at)))
+        if state is S.SUPERVISED and supervised_at is not None:
+            since = max(last, supervised_at)
             at = self.after(since, self.escalate)
             if now >= at:
                 out.append(Due(Rung.ESCALATE, since, at, slot_of(at)))
-        if state is S.RESOLVED and t.resolved_at is not None:
-            invite = self.after(t.resolved_at, self.rate_invite)
-            if invite <= now < self.after(t.resolved_at, self.autoclose):
-                out.append(Due(Rung.RATE_INVITE, t.resolved_at, invite, slot_of(invite)))
-        return out
+        if state is S.RESOLVED and resolved_at is not None:
+            invite = self.after(resolved_at, self.rate_invite)
+            if invite <= now < self.after(resolved_at, self.autoclose):
+                out.append(Due(Rung.RATE_INVITE, resolved_at, invite, slot_of(invite)))
+        return tuple(out)
 
     def system_action(self, t: Snapshot, now: datetime) -> Action | None:
         """Close a resolved ticket nobody rated; supervise one past its due time."""
