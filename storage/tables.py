@@ -233,6 +233,15 @@ class Nudge(SQLModel, table=True):
 
     __table_args__ = (
         sa.UniqueConstraint("ticket_id", "rung", "person_id", "slot", name="uq_nudge_key"),
+        # the digest counts the nudges nobody answered: a few, among years of answered ones
+        sa.Index(
+            "ix_nudge_unanswered",
+            "ticket_id",
+            "person_id",
+            "rung",
+            sqlite_where=sa.text("NOT acted"),
+            postgresql_where=sa.text("NOT acted"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -231,6 +231,20 @@ def assigned_in(sql: Sql, start: datetime, end: datetime) -> str:
     )
 
 
+def window_tickets(sql: Sql, scope: Scope, start: datetime, end: datetime) -> str:
+    """The condition on `t` that picks the scope's tickets assigned in [start, end), neither
+    withdrawn nor merged, with a department.
+
+    PostgreSQL would hash the window's ids and scan the whole ticket table for them (its cost
+    growing with the history); as an array, they are looked up by the key one by one."""
+    window = assigned_in(sql, start, end)
+    found = f"t.id = ANY(ARRAY({window}))" if sql.postgres else f"t.id IN ({window})"
+    return (
+        f"{found} AND t.state NOT IN ({sql.names(_GONE)}) AND t.department_id IS NOT NULL"
+        + region_filter(scope)
+    )
+
+
 @dataclass
 class Assigned:
     """One department's tickets assigned in the window."""
@@ -266,11 +280,7 @@ async def assigned(
     Grouped by department and by how the claim went, so the working time of each ticket is
     worked out once."""
     sql = Sql(uow.dialect)
-    pick = (
-        f"t.id IN ({assigned_in(sql, start, end)})"
-        f" AND t.state NOT IN ({sql.names(_GONE)}) AND t.department_id IS NOT NULL"
-        + region_filter(scope)
-    )
+    pick = window_tickets(sql, scope, start, end)
     if span > timedelta(0):
         clock = WorkingTime(sql, start, working_periods(calendar, start, max(now, end)))
         margin = (
@@ -377,15 +387,15 @@ async def department_events(
     region = region_filter(scope, "s")
     department = f"(SELECT s.department_id FROM ticket s WHERE s.id = e.ticket_id{region})"
     statement = (
-        "SELECT d, kind, closing, count(*) FROM ("
         f"SELECT {department} AS d, e.kind AS kind,"
-        " CASE WHEN e.to_state = 'closed' THEN 1 ELSE 0 END AS closing"
+        " CASE WHEN e.to_state = 'closed' THEN 1 ELSE 0 END AS closing, count(*)"
         " FROM ticketevent e"
         f" WHERE e.kind IN ({sql.names(('rate', 'reject_return', 'escalate'))})"
         f" AND e.at >= {sql.instant(start)} AND e.at < {sql.instant(end)}"
-        ") x WHERE d IS NOT NULL GROUP BY d, kind, closing"
+        " GROUP BY d, kind, closing"
     )
-    return [(int(d), str(k), bool(c), int(n)) for d, k, c, n in await rows(uow, statement)]
+    found = await rows(uow, statement)
+    return [(int(d), str(k), bool(c), int(n)) for d, k, c, n in found if d is not None]
 
 
 async def ticket_ids(
@@ -393,12 +403,8 @@ async def ticket_ids(
 ) -> list[int]:
     """The ids of the tickets assigned in [start, end) that meet a condition."""
     sql = Sql(uow.dialect)
-    statement = (
-        f"SELECT t.id FROM ticket t WHERE t.id IN ({assigned_in(sql, start, end)})"
-        f" AND t.state NOT IN ({sql.names(_GONE)}) AND t.department_id IS NOT NULL"
-        + region_filter(scope)
-        + f" AND {condition}"
-    )
+    statement = f"SELECT t.id FROM ticket t WHERE {window_tickets(sql, scope, start, end)}"
+    statement += f" AND {condition}"
     return [int(i) for (i,) in await rows(uow, statement)]
 
 
