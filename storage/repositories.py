@@ -330,22 +330,14 @@ class TicketRepository(_Repository):
         late. As one query with OR, ordered by id and limited, PostgreSQL walked the primary
         key through the whole history (0.3 s at a million tickets) to find the open ones at
         its end.
+
+        The open states are written into the statement, and the page's start is compared as
+        `id + 0`: PostgreSQL plans a statement prepared five times once for any values, and
+        with the states as parameters and `id > ?` as a range of the primary key, that plan
+        walked the key through the whole history (0.1 s at 10⁵ tickets) on every sweep.
         """
-        columns = (
-            Ticket.id,
-            Ticket.state,
-            Ticket.claimant_id,
-            Ticket.last_activity_at,
-            Ticket.due_at,
-            Ticket.supervised_at,
-            Ticket.resolved_at,
-        )
-        still_open = (col(Ticket.state).in_(list(OPEN_STATES)), col(Ticket.id) > after_id)
-        idle = select(*columns).where(*still_open, col(Ticket.last_activity_at) <= idle_before)
-        late = select(*columns).where(*still_open, col(Ticket.due_at) <= now)
-        both = sa.union(idle, late).subquery()
-        query = sa.select(*both.c).order_by(both.c.id).limit(limit)
-        return (await self.session.exec(query)).all()
+        params = {"idle_before": idle_before, "now": now, "after_id": after_id, "limit": limit}
+        return (await self.session.exec(_SCAN_PAGE, params=params)).all()  # type: ignore[call-overload]
 
     async def remember_card(self, ticket_id: int, message_id: int, *, replace: bool) -> None:
         """The message that is the ticket's card: the first one, or a new one that replaces it."""
@@ -883,6 +875,31 @@ _people_found = sa.union(
     ),
 ).subquery()
 _PEOPLE_TO_NUDGE = sa.select(*_people_found.c).order_by(_people_found.c.id)
+
+_SCAN_COLUMNS = (
+    Ticket.id,
+    Ticket.state,
+    Ticket.claimant_id,
+    Ticket.last_activity_at,
+    Ticket.due_at,
+    Ticket.supervised_at,
+    Ticket.resolved_at,
+)
+_still_open = (
+    col(Ticket.state).in_(
+        sa.bindparam("open_states", sorted(OPEN_STATES), expanding=True, literal_execute=True)
+    ),
+    col(Ticket.id) + 0 > sa.bindparam("after_id"),
+)
+_scanned = sa.union(
+    select(*_SCAN_COLUMNS).where(
+        *_still_open, col(Ticket.last_activity_at) <= sa.bindparam("idle_before")
+    ),
+    select(*_SCAN_COLUMNS).where(*_still_open, col(Ticket.due_at) <= sa.bindparam("now")),
+).subquery()
+_SCAN_PAGE = (
+    sa.select(*_scanned.c).order_by(_scanned.c.id).limit(sa.bindparam("limit", type_=sa.Integer))
+)
 
 _LOCK_FOR_NUDGES = (
     select(  # type: ignore[call-overload]
