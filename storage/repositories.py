@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.orgcache import MISSING, OrgCache
 from storage.tables import (
     OPEN_STATES,
     Attachment,
@@ -54,8 +55,9 @@ class _Repository:
 
 
 class OrgRepository(_Repository):
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, shared: OrgCache | None = None) -> None:
         super().__init__(session)
+        self._shared = shared
         # The org chart barely changes, and one unit of work asks for the same rows again and
         # again (a report's card, its lines and its notes each name the enterprise, region and
         # department). An answer read once is kept for the unit of work: it also keeps the rows
@@ -64,9 +66,20 @@ class OrgRepository(_Repository):
         self._known: dict[tuple[Any, ...], Any] = {}
 
     async def _once(self, key: tuple[Any, ...], read: Callable[[], Awaitable[Any]]) -> Any:
-        if key not in self._known:
-            self._known[key] = await read()
-        return self._known[key]
+        if key in self._known:
+            return self._known[key]
+        shared = self._shared
+        if shared is None:
+            value = self._known[key] = await read()
+            return value
+        kept = shared.get(key)
+        if kept is not MISSING:
+            value = self._known[key] = shared.attach(kept, self.session.sync_session)
+            return value
+        read_in = shared.generation
+        value = self._known[key] = await read()
+        shared.put(key, value, read_in)
+        return value
 
     def add(self, row: Any) -> None:
         self._known.clear()
@@ -623,6 +636,87 @@ class OutboxRepository(_Repository):
                 .values(lease_until=None)
             )
 
+    async def claim(
+        self,
+        now: datetime,
+        until: datetime,
+        *,
+        owner: str,
+        chats: int,
+        depth: int,
+        skip: Collection[int] = (),
+        skip_locked: bool = False,
+    ) -> list[sa.Row[Any]]:
+        """Lease to `owner` until `until`, for each of up to `chats` chats (those of `skip`
+        aside), the first pending rows in the chat's order that may go now, up to `depth` of
+        them: from its first pending row on, up to the first that is not due yet or that
+        another live sender holds (none, when that is the first). A sender restarted under the
+        same name takes back its own leases at once. Chats go in the order of their first
+        row. Returns the rows leased (the columns a send needs), by chat and in order."""
+        t = Outbox.__table__  # type: ignore[attr-defined]
+        free = sa.and_(
+            t.c.not_before <= now,
+            sa.or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner),
+        )
+        place = sa.func.row_number().over(partition_by=t.c.chat_id, order_by=t.c.id)
+        ranked = sa.select(
+            t.c.id, t.c.chat_id, sa.case((free, 1), else_=0).label("free"), place.label("n")
+        ).where(t.c.state == OutboxState.PENDING)
+        if skip:
+            ranked = ranked.where(t.c.chat_id.not_in(list(skip)))
+        r = ranked.subquery()
+        query = sa.select(r.c.id, r.c.chat_id, r.c.free).where(r.c.n <= depth)
+        runs: dict[int, list[int]] = {}  # each chat's rows that may go, from its first on
+        ended: set[int] = set()
+        for outbox_id, chat_id, is_free in await self._rows(query.order_by(r.c.chat_id, r.c.n)):
+            run = runs.setdefault(chat_id, [])
+            if chat_id in ended:
+                continue
+            if is_free:
+                run.append(outbox_id)
+            else:
+                ended.add(chat_id)
+        order = [chat for _, chat in sorted((run[0], c) for c, run in runs.items() if run)]
+        columns = (t.c.id, t.c.chat_id, t.c.method, t.c.payload, t.c.ticket_id, t.c.is_card,
+                   t.c.person_id, t.c.attempts)  # fmt: skip
+        rows: list[sa.Row[Any]] = []
+        gaps: list[int] = []
+        won, tried = 0, 0
+        while won < chats and tried < len(order):
+            # chats another sender leases this moment (PostgreSQL) are left to it, and the
+            # next ones tried instead
+            wanted = order[tried : tried + chats - won]
+            tried += len(wanted)
+            target = t.c.id.in_([i for chat in wanted for i in runs[chat]])
+            if skip_locked:
+                locked = sa.select(t.c.id).where(target).with_for_update(skip_locked=True)
+                target = t.c.id.in_(locked.scalar_subquery())
+            leased = sa.update(t).where(target, t.c.state == OutboxState.PENDING, free)
+            leased = leased.values(lease_owner=owner, lease_until=until).returning(*columns)
+            got = {row.id: row for row in await self._rows(leased)}
+            for chat in wanted:
+                # a row taken or sent by another sender since it was read leaves a gap: the
+                # chat's rows after it are given back, they must not overtake it
+                whole = True
+                for outbox_id in runs[chat]:
+                    whole = whole and outbox_id in got
+                    if whole:
+                        rows.append(got[outbox_id])
+                    elif outbox_id in got:
+                        gaps.append(outbox_id)
+                won += runs[chat][0] in got
+        await self.release(gaps, owner)
+        return rows
+
+    async def _rows(self, query: Any) -> list[sa.Row[Any]]:
+        return list((await self.session.exec(query)).all())  # type: ignore[call-overload]
+
+    async def mark_all_sent(self, sent: Sequence[tuple[int, datetime, int | None]]) -> None:
+        """Record Telegram's acceptance of many rows in one statement: (id, at, message id)."""
+        if sent:
+            params = [{"outbox_id": i, "at": at, "message_id": m} for i, at, m in sent]
+            await self.session.exec(_MARK_SENT_CORE, params=params)  # type: ignore[call-overload]
+
     async def earlier_pending_in_chat(self, chat_id: int, before_id: int) -> bool:
         query = select(Outbox.id).where(
             Outbox.chat_id == chat_id,
@@ -641,6 +735,18 @@ _MARK_SENT = (
         sent_at=sa.bindparam("at", type_=Outbox.__table__.c.sent_at.type),  # type: ignore[attr-defined]
         sent_message_id=sa.bindparam("message_id"),
         attempts=Outbox.attempts + 1,
+        lease_until=None,
+    )
+)
+
+_MARK_SENT_CORE = (
+    sa.update(Outbox.__table__)  # type: ignore[attr-defined]
+    .where(Outbox.__table__.c.id == sa.bindparam("outbox_id"))  # type: ignore[attr-defined]
+    .values(
+        state=OutboxState.SENT,
+        sent_at=sa.bindparam("at", type_=Outbox.__table__.c.sent_at.type),  # type: ignore[attr-defined]
+        sent_message_id=sa.bindparam("message_id"),
+        attempts=Outbox.__table__.c.attempts + 1,  # type: ignore[attr-defined]
         lease_until=None,
     )
 )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import READONLY
+from storage.orgcache import OrgCache, org_cache_for
 from storage.repositories import (
     EventRepository,
     InboxRepository,
@@ -59,7 +60,9 @@ class UnitOfWork:
         readonly: bool = False,
         marks_update: bool = True,
         writers: WriterTurn | None = None,
+        org: OrgCache | None = None,
     ):
+        self._org = org
         self._sessions = sessions
         self._readonly = readonly
         self._marks_update = marks_update
@@ -80,7 +83,7 @@ class UnitOfWork:
         self.session = self._sessions()
         if self._readonly:
             await self.session.connection(execution_options={READONLY: True})
-        self.org = OrgRepository(self.session)
+        self.org = OrgRepository(self.session, self._org)
         self.tickets = TicketRepository(self.session)
         self.events = EventRepository(self.session)
         self.outbox = OutboxRepository(self.session)
@@ -168,10 +171,15 @@ class UnitOfWorkFactory:
         bind = sessions.kw.get("bind")
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writers = WriterTurn() if sqlite else None
+        self._org = org_cache_for(bind) if bind is not None else None
 
     def __call__(self, *, readonly: bool = False, marks_update: bool = True) -> UnitOfWork:
         """`marks_update=False`: an idempotent side commit (a member upsert, say) that must not
         count as the inbox update's effect."""
         return UnitOfWork(
-            self.sessions, readonly=readonly, marks_update=marks_update, writers=self._writers
+            self.sessions,
+            readonly=readonly,
+            marks_update=marks_update,
+            writers=self._writers,
+            org=self._org,
         )

@@ -1,0 +1,147 @@
+"""The org chart kept between units of work: answers are shared, yet a change made here is seen
+at once, a change made elsewhere within the keeping time, and rows from it save like any other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.db import create_schema, make_engine, make_session_factory
+from storage.orgcache import KEEP_SECONDS, org_cache_for
+from storage.tables import Person
+from storage.uow import UnitOfWorkFactory
+from tests.factories import build_org
+
+
+class Ticking:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ticking(engine: AsyncEngine) -> Ticking:
+    clock = Ticking()
+    org_cache_for(engine).clock = clock
+    return clock
+
+
+async def _language(uows: UnitOfWorkFactory, telegram_id: int) -> str:
+    async with uows(readonly=True) as uow:
+        person = await uow.org.person_by_telegram(telegram_id)
+        assert person is not None
+        return person.language
+
+
+async def _count_selects(engine: AsyncEngine) -> list[str]:
+    seen: list[str] = []
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _note(_c, _cur, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    return seen
+
+
+async def test_a_second_unit_of_work_asks_the_database_nothing(engine, uows, ticking):
+    org = await build_org(uows)
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    selects = await _count_selects(engine)
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    assert selects == []
+    ticking.now += KEEP_SECONDS
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    assert len(selects) == 1  # kept no longer than KEEP_SECONDS
+
+
+async def test_a_change_made_here_is_seen_by_the_next_unit_of_work(uows, ticking):
+    org = await build_org(uows)
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    async with uows() as uow:
+        person = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert person is not None
+        person.language = "en"  # a row from the shared answer, changed and saved as any other
+        await uow.commit()
+    assert await _language(uows, org["tax_clerk"]) == "en"
+
+
+@pytest.fixture
+async def shared_uows(engine, tmp_path) -> AsyncIterator[UnitOfWorkFactory]:
+    """Units of work on connections of their own (an in-memory SQLite has just one)."""
+    if engine.dialect.name != "sqlite":
+        yield UnitOfWorkFactory(make_session_factory(engine))
+        return
+    on_file = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'org.db'}")
+    await create_schema(on_file)
+    org_cache_for(on_file).clock = Ticking()
+    yield UnitOfWorkFactory(make_session_factory(on_file))
+    await on_file.dispose()
+
+
+async def test_an_answer_read_while_a_change_is_not_yet_committed_is_not_kept(shared_uows):
+    uows = shared_uows
+    org = await build_org(uows)
+    async with uows() as writer:
+        person = await writer.org.person_by_telegram(org["tax_clerk"])
+        assert person is not None
+        person.language = "en"
+        await writer.flush()  # written, not committed: a reader still sees "zh"
+        assert await _language(uows, org["tax_clerk"]) == "zh"
+        await writer.commit()
+    assert await _language(uows, org["tax_clerk"]) == "en"
+
+
+async def test_a_change_made_by_another_process_is_seen_within_the_keeping_time(
+    engine, uows, ticking
+):
+    org = await build_org(uows)
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    if engine.dialect.name == "sqlite":
+        pytest.skip("an in-memory database has no other process")
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        async with other.begin() as conn:
+            await conn.execute(
+                sa.update(Person)
+                .where(Person.telegram_id == org["tax_clerk"])
+                .values(language="en")
+            )
+    finally:
+        await other.dispose()
+    assert await _language(uows, org["tax_clerk"]) == "zh"  # still kept
+    ticking.now += KEEP_SECONDS
+    assert await _language(uows, org["tax_clerk"]) == "en"
+
+
+async def test_a_kept_answer_never_overwrites_a_row_the_session_already_changed(uows, ticking):
+    org = await build_org(uows)
+    async with uows(readonly=True) as uow:
+        official = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert official is not None
+        await uow.org.person(official.id)  # kept under both keys
+    async with uows() as uow:
+        mine = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert mine is not None
+        mine.dm_blocked = True
+        again = await uow.org.person(mine.id)
+        assert again is mine
+        assert again.dm_blocked is True
+        await uow.commit()
+    async with uows(readonly=True) as uow:
+        fresh = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert fresh is not None
+        assert fresh.dm_blocked is True
+
+
+async def test_a_change_through_plain_sql_forgets_everything(engine, uows, ticking):
+    org = await build_org(uows)
+    assert await _language(uows, org["tax_clerk"]) == "zh"
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE person SET language = 'en'")
+    assert await _language(uows, org["tax_clerk"]) == "en"
