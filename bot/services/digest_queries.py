@@ -258,6 +258,10 @@ class Assigned:
     resolution_hit: int = 0
     resolution_total: int = 0
     promised: int = 0
+    # of these, the ones still open and unresolved that the backlog counts too: unclaimed
+    # past the deadline, and past the due time
+    open_unclaimed_missed: int = 0
+    open_past_due: int = 0
 
 
 # how a claim went, by the sign of V(claimed_at) - 2 (W(assigned_at) + span)
@@ -303,11 +307,25 @@ async def assigned(
         " sum(CASE WHEN t.resolved_at <= t.due_at THEN 1 ELSE 0 END),"
         " sum(CASE WHEN t.due_at IS NOT NULL AND (t.resolved_at IS NOT NULL"
         f" OR t.due_at <= {sql.instant(now)}) THEN 1 ELSE 0 END),"
-        " sum(CASE WHEN t.promised_date IS NOT NULL THEN 1 ELSE 0 END)"
+        " sum(CASE WHEN t.promised_date IS NOT NULL THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN t.state IN ({sql.names(_WAITING)}) AND t.claimant_id IS NULL"
+        f" AND t.assigned_at <= {sql.instant(missed)} THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN t.state IN ({sql.names(_UNRESOLVED)})"
+        f" AND t.due_at <= {sql.instant(now)} THEN 1 ELSE 0 END)"
         f" FROM ticket t WHERE {pick} GROUP BY t.department_id, how"
     )
     found: dict[int, Assigned] = {}
-    for dept, code, n, waiting, resolved, due, promised in await rows(uow, statement):
+    for (
+        dept,
+        code,
+        n,
+        waiting,
+        resolved,
+        due,
+        promised,
+        open_unclaimed,
+        open_due,
+    ) in await rows(uow, statement):
         row = found.setdefault(int(dept), Assigned(int(dept)))
         code = int(code)
         row.count += int(n)
@@ -318,17 +336,19 @@ async def assigned(
         row.resolution_hit += int(resolved or 0)
         row.resolution_total += int(due or 0)
         row.promised += int(promised or 0)
+        row.open_unclaimed_missed += int(open_unclaimed or 0)
+        row.open_past_due += int(open_due or 0)
     return list(found.values()), f"{how} = {_UNDECIDED}"
 
 
 @dataclass
 class Backlog:
-    """One department's open, unresolved tickets."""
+    """One department's open, unresolved tickets, whenever assigned."""
 
     department_id: int
-    response_missed: int = 0  # assigned before the window, still unclaimed past the deadline
-    resolution_missed: int = 0  # assigned before the window, past the due time
-    overdue: int = 0  # past the due time, whenever assigned
+    unclaimed_missed: int = 0  # still unclaimed past the deadline
+    past_due: int = 0  # past the due time, or at it
+    overdue: int = 0  # past the due time
 
 
 @dataclass(frozen=True)
@@ -338,23 +358,14 @@ class OpenTickets:
 
 
 async def open_tickets(
-    uow: UnitOfWork,
-    scope: Scope,
-    calendar: WorkCalendar,
-    span: timedelta,
-    start: datetime,
-    end: datetime,
-    now: datetime,
+    uow: UnitOfWork, scope: Scope, calendar: WorkCalendar, span: timedelta, now: datetime
 ) -> OpenTickets:
     """The open tickets by state, and per department what the unresolved ones owe: one range
-    of the state index per open state, grouped by department, state and whether the ticket
-    was assigned in [start, end) (and so counted with the window's assignments instead)."""
+    of the state index per open state."""
     sql = Sql(uow.dialect)
     at_now = sql.instant(now)
     statement = (
-        "SELECT t.department_id, t.state,"
-        f" CASE WHEN t.id IN ({assigned_in(sql, start, end)}) THEN 1 ELSE 0 END AS fresh,"
-        " count(*),"
+        "SELECT t.department_id, t.state, count(*),"
         " sum(CASE WHEN t.claimant_id IS NULL"
         f" AND t.assigned_at <= {sql.instant(latest_missed(calendar, span, now))}"
         " THEN 1 ELSE 0 END),"
@@ -362,19 +373,18 @@ async def open_tickets(
         f" sum(CASE WHEN t.due_at < {at_now} THEN 1 ELSE 0 END)"
         f" FROM ticket t WHERE t.state IN ({sql.names(sorted(OPEN_STATES))})"
         + region_filter(scope)
-        + " GROUP BY t.department_id, t.state, fresh"
+        + " GROUP BY t.department_id, t.state"
     )
     by_state: dict[str, int] = {}
     backlog: dict[int, Backlog] = {}
-    for dept, state, fresh, n, unclaimed, due, overdue in await rows(uow, statement):
+    for dept, state, n, unclaimed, due, overdue in await rows(uow, statement):
         by_state[state] = by_state.get(state, 0) + int(n)
         if dept is None or state == S.RESOLVED:
             continue
         row = backlog.setdefault(int(dept), Backlog(int(dept)))
         row.overdue += int(overdue or 0)
-        if not int(fresh):
-            row.resolution_missed += int(due or 0)
-            row.response_missed += int(unclaimed or 0) if state in _WAITING else 0
+        row.past_due += int(due or 0)
+        row.unclaimed_missed += int(unclaimed or 0) if state in _WAITING else 0
     return OpenTickets(by_state, list(backlog.values()))
 
 

@@ -6,7 +6,7 @@ import base64
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -212,8 +212,8 @@ class Scorer:
         opened: q.OpenTickets | None = None,
     ) -> tuple[DepartmentFigures, ...]:
         """Every department serving the regions, ranked best first. `ignored_rows` (the
-        regions' ignored nudges) and `opened` (their open tickets, from `open_tickets` over
-        the same window) are passed when already read."""
+        regions' ignored nudges) and `opened` (their open tickets, from `open_tickets` at the
+        same moment) are passed when already read."""
         scope = scope or await q.Scope.of(uow, region_ids)
         known = {d.id: d for d in await uow.org.all_departments()}
         sums = {d.id: _Sums() for d in known.values() if d.region_id in scope.region_ids}
@@ -237,12 +237,16 @@ class Scorer:
             await self._undecided(uow, scope, undecided, start, end, of)
         if any(row.promised for row in found):
             await self._promises(uow, scope, start, end, now, of)
+        # the open tickets assigned before the window owe their misses too: all the open
+        # ones, less those already counted with the window's assignments
+        counted = {row.department_id: row for row in found}
         if opened is None:
-            opened = await self.open_tickets(uow, scope, start, end, now)
+            opened = await self.open_tickets(uow, scope, now)
         for row in opened.backlog:
             if (tally := of(row.department_id)) is not None:
-                tally.add("response", 0, row.response_missed)
-                tally.add("resolution", 0, row.resolution_missed)
+                fresh = counted.get(row.department_id, q.Assigned(row.department_id))
+                tally.add("response", 0, row.unclaimed_missed - fresh.open_unclaimed_missed)
+                tally.add("resolution", 0, row.past_due - fresh.open_past_due)
                 tally.counts["overdue"] = row.overdue
         for dept, kind, closed, n in await q.department_events(uow, scope, start, end):
             if (tally := of(dept)) is None:
@@ -261,10 +265,8 @@ class Scorer:
                 tally.counts["nudges_ignored"] += n
         return ranked(tally.figures(known[dept]) for dept, tally in sums.items())
 
-    async def open_tickets(
-        self, uow: UnitOfWork, scope: q.Scope, start: datetime, end: datetime, now: datetime
-    ) -> q.OpenTickets:
-        return await q.open_tickets(uow, scope, self._cal, self._respond, start, end, now)
+    async def open_tickets(self, uow: UnitOfWork, scope: q.Scope, now: datetime) -> q.OpenTickets:
+        return await q.open_tickets(uow, scope, self._cal, self._respond, now)
 
     async def _undecided(self, uow: UnitOfWork, scope: q.Scope, condition: str,
                          start: datetime, end: datetime, of: Any) -> None:  # fmt: skip
@@ -443,7 +445,7 @@ class DigestService:
         flow = await q.flow(uow, scope, start, end)
         window = end - timedelta(days=RATE_WINDOW_DAYS)
         ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
-        opened = await self.scorer.open_tickets(uow, scope, window, end, now)
+        opened = await self.scorer.open_tickets(uow, scope, now)
         departments = await self.scorer.departments(
             uow,
             region_ids,
@@ -659,23 +661,19 @@ def similar_groups(rows: Sequence[Any], per_department: int = 200) -> list[list[
             by_dept[row.department_id].append(row)
     groups: list[list[Any]] = []
     for items in by_dept.values():
-        parent = list(range(len(items)))
-        for i, j in _similar_pairs(items):
-            parent[_root(parent, i)] = _root(parent, j)
-        joined: dict[int, list[Any]] = defaultdict(list)
-        for i, row in enumerate(items):
-            joined[_root(parent, i)].append(row)
-        groups += [g for g in joined.values() if len({r.enterprise_id for r in g}) >= 2]
+        groups += [g for g in _joined(items) if len({r.enterprise_id for r in g}) >= 2]
     return groups
 
 
-def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
-    """The pairs of reports from different enterprises that are `similar`.
+def _joined(items: Sequence[Any]) -> list[list[Any]]:
+    """The reports joined by similarity (and different enterprises), as groups in the order
+    of `items`.
 
     Taken from the fewest tokens up, the later report of a pair is never the shorter, so one
     report needs the same number of shared tokens with every later one. Each token's reports
     are the bits of one integer, and a report's shared tokens with all the later ones are
-    counted at once: bit-sliced, one integer per binary digit of the count.
+    counted at once: bit-sliced, one integer per binary digit of the count. The groups are
+    sets of bits too: a report is only joined to the groups it is not in yet.
     """
     grams = [tokens(r.summary) for r in items]
     order = sorted(range(len(items)), key=lambda i: len(grams[i]))
@@ -686,11 +684,14 @@ def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
         for token in grams[i]:
             having[token] |= bit
         firms[items[i].enterprise_id] |= bit
+    parent = list(range(len(order)))
+    members = [1 << position for position in range(len(order))]
     everyone = (1 << len(order)) - 1
     for position, i in enumerate(order):
         need = _needed(len(grams[i]))
         later = everyone >> (position + 1) << (position + 1)
-        others = later & ~firms[items[i].enterprise_id]
+        top = _root(parent, position)
+        others = later & ~firms[items[i].enterprise_id] & ~members[top]
         if not others or need > len(grams[i]):
             continue
         digits: list[int] = []  # digits[d]: the reports whose count has binary digit d set
@@ -704,9 +705,15 @@ def _similar_pairs(items: Sequence[Any]) -> Iterator[tuple[int, int]]:
                 digits.append(carry)
         found = _at_least(digits, need, others)
         while found:
-            low = found & -found
-            yield i, order[low.bit_length() - 1]
-            found ^= low
+            other = _root(parent, (found & -found).bit_length() - 1)
+            parent[other] = top
+            members[top] |= members[other]
+            found &= ~members[top]
+    joined: dict[int, list[Any]] = defaultdict(list)
+    at = {i: position for position, i in enumerate(order)}
+    for i, row in enumerate(items):
+        joined[_root(parent, at[i])].append(row)
+    return list(joined.values())
 
 
 @cache

@@ -289,7 +289,7 @@ async def test_the_flow_and_the_open_tickets_match_a_count_by_hand(
         scope = await q.Scope.of(uow, region_ids)
         assert not scope.everywhere
         flow = await q.flow(uow, scope, start, END)
-        opened = await q.open_tickets(uow, scope, calendar, span, START, END, END)
+        opened = await q.open_tickets(uow, scope, calendar, span, END)
     tickets, events = await read_all(services.uows, set(region_ids))
     day = [e for e in events if start <= e.at < END]
 
