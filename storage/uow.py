@@ -81,7 +81,7 @@ class UnitOfWork:
 
     async def _open(self) -> Self:
         self.session = self._sessions()
-        if self._readonly:
+        if self._readonly and not _reads_only(self._sessions):
             await self.session.connection(execution_options={READONLY: True})
         self.org = OrgRepository(self.session, self._org)
         self.tickets = TicketRepository(self.session)
@@ -140,6 +140,12 @@ class UnitOfWork:
         await self.session.flush()
 
 
+def _reads_only(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """The sessions' engine begins every transaction as a reader's."""
+    bind = sessions.kw.get("bind")
+    return bind is not None and bool(bind.get_execution_options().get(READONLY))
+
+
 class WriterTurn:
     """SQLite lets one transaction write at a time; the others sleep and retry inside the
     driver (the busy timeout, in steps of up to 100 ms), so two writers of one process cost
@@ -172,12 +178,21 @@ class UnitOfWorkFactory:
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writers = WriterTurn() if sqlite else None
         self._org = org_cache_for(bind) if bind is not None else None
+        # a reader whose answers all come from the org cache never takes a connection
+        self._readers = (
+            async_sessionmaker(
+                class_=sessions.class_,
+                **{**sessions.kw, "bind": bind.execution_options(**{READONLY: True})},
+            )
+            if bind is not None
+            else sessions
+        )
 
     def __call__(self, *, readonly: bool = False, marks_update: bool = True) -> UnitOfWork:
         """`marks_update=False`: an idempotent side commit (a member upsert, say) that must not
         count as the inbox update's effect."""
         return UnitOfWork(
-            self.sessions,
+            self._readers if readonly else self.sessions,
             readonly=readonly,
             marks_update=marks_update,
             writers=self._writers,
