@@ -3,9 +3,9 @@ bounded in time or by the open states, so their cost follows the window and the 
 the years of closed history.
 
 The statements are plain SQL written for the engine at hand. Every value in them is an integer,
-an instant, a date or one of the workflow's own names, rendered as a literal: a statement is
-never compiled by SQLAlchemy, and the working-time arithmetic below (dozens of constants) costs
-no bound parameters.
+an instant or one of the workflow's own names, rendered as a literal: a statement is never
+compiled by SQLAlchemy, and the working-time arithmetic below (dozens of constants) costs no
+bound parameters.
 
 The response rate needs working time: was a ticket claimed within `nudge_unclaimed_after` of
 working time from its assignment? In SQL, each instant becomes its working time since the start

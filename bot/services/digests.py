@@ -22,11 +22,10 @@ from bot.notify import Notifier
 from bot.services import digest_queries as q
 from bot.services.nudges import IGNORABLE_RUNGS
 from bot.services.org import working_span
-from storage.tables import DigestRun, Outbox, Person, Region, Role, TicketState
+from storage.tables import DigestRun, Outbox, Person, Region, Role
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
-S = TicketState
 RATE_WINDOW_DAYS = 30
 LATE_AFTER = timedelta(minutes=5)
 TIERS = ((0.90, "A"), (0.75, "B"))
@@ -34,9 +33,6 @@ OVERDUE_LISTED = 15
 IGNORED_LISTED = 8
 CLUSTERS_LISTED = 5
 OPEN_SCANNED = 5000  # the newest open reports the near-alike ones are looked for among
-_FLOW_KINDS = ("report", "claim", "resolve", "rate", "autoclose", "escalate")
-_DEPT_KINDS = ("rate", "reject_return", "escalate")
-_GONE = frozenset({S.WITHDRAWN, S.MERGED})
 
 
 @dataclass(frozen=True)
