@@ -22,7 +22,7 @@ from tests.bot.services.conftest import START, Flow
 from tests.factories import COUNTY_GROUP, GROUP, Org, build_org
 
 ROAD = "Our warehouse access road has been blocked for a week"
-SCAN_EVERY = timedelta(hours=3)
+SCAN_EVERY = timedelta(hours=4)
 DAYS = 8
 
 
@@ -76,10 +76,10 @@ async def walk(services: Services, clock: ManualClock, flow: Flow, made: dict[st
     """Sweep every SCAN_EVERY for DAYS days; people act on a few tickets on the way."""
     org = flow.org
     acts = {
-        6: lambda: services.tickets.claim(org["env_head"], made["assigned_env_0"]),
-        10: lambda: services.tickets.assign(org["east_coord"], made["reported_county_1"], "tax"),
-        17: lambda: services.tickets.progress(org["tax_clerk"], made["claimed_clerk_1"], "on it"),
-        25: lambda: services.tickets.rate(org["acme_boss"], made["resolved_1"], "satisfied"),
+        5: lambda: services.tickets.claim(org["env_head"], made["assigned_env_0"]),
+        8: lambda: services.tickets.assign(org["east_coord"], made["reported_county_1"], "tax"),
+        13: lambda: services.tickets.progress(org["tax_clerk"], made["claimed_clerk_1"], "on it"),
+        19: lambda: services.tickets.rate(org["acme_boss"], made["resolved_1"], "satisfied"),
     }
     for step in range(int(timedelta(days=DAYS) / SCAN_EVERY)):
         clock.advance(SCAN_EVERY)
