@@ -12,6 +12,7 @@ from telegram.ext import JobQueue
 from bot.context import BotContext
 from bot.deadman import schedule_deadman
 from bot.heartbeats import DIGEST, SCAN
+from storage.sqlite_inline import offloaded
 
 if TYPE_CHECKING:
     from bot.app import Services
@@ -68,7 +69,10 @@ async def digest_job(context: BotContext) -> None:
     """Queue the leaders' digests that are due; a failure waits for the next run."""
     started = time.perf_counter()
     try:
-        sent = await context.services.digests.send_due()
+        # a digest reads the whole city's figures: on SQLite, off the loop's thread, so
+        # replies to the groups go on meanwhile
+        with offloaded():
+            sent = await context.services.digests.send_due()
     except Exception:
         log.exception("digest check failed; the next run retries")
         return

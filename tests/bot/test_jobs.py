@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -137,6 +138,35 @@ async def test_the_digest_job_sends_each_leader_one_digest(
     for leader in ("mayor", "east_leader", "west_leader"):
         assert len(double.sent_to(org[leader])) == 1
     assert errors == []
+
+
+async def test_the_digest_job_reads_sqlite_off_the_loop_s_thread(
+    app: Application[Any, Any, Any, Any, Any, Any],
+    engine: AsyncEngine,
+    services: Services,
+    clock: ManualClock,
+    org: Org,
+    errors: list[BaseException],
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's driver never blocks the loop")
+    threads: set[int] = set()  # where the digest's reads of the tickets ran
+    async with engine.connect() as conn:  # an in-memory database has this one connection
+        raw = (await conn.get_raw_connection()).driver_connection
+    raw.set_trace_callback(
+        lambda sql: threads.add(threading.get_ident()) if "FROM ticket" in sql else None
+    )
+
+    [digest] = app.job_queue.get_jobs_by_name(DIGEST_JOB)  # type: ignore[union-attr]
+    clock.set(datetime(2026, 3, 3, 0, 29, tzinfo=UTC))
+    for _ in range(4):
+        await digest.run(app)
+        clock.advance(timedelta(minutes=1))
+    raw.set_trace_callback(None)
+    assert await count(services, DigestRun) == 3
+    assert errors == []
+    assert threads
+    assert threading.get_ident() not in threads
 
 
 async def test_a_failing_sweep_is_logged_and_the_queue_keeps_running(
