@@ -189,7 +189,10 @@ class Attachment(SQLModel, table=True):
 class Outbox(SQLModel, table=True):
     """A message to send, written in the same transaction as the change that causes it."""
 
-    __table_args__ = (sa.Index("ix_outbox_pending", "state", "not_before", "id"),)
+    __table_args__ = (
+        sa.Index("ix_outbox_pending", "state", "not_before", "id"),
+        sa.Index("ix_outbox_ticket", "ticket_id", "is_card"),  # is a ticket's card queued?
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     chat_id: int = Field(sa_type=TG_ID, index=True)
