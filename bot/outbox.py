@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import heapq
+import importlib.util
 import logging
+import math
+import sys
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from telegram import Bot, InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters
@@ -23,14 +29,29 @@ from telegram.error import (
 
 from bot.clock import Clock
 from bot.ratelimit import RateLimiter
-from storage.tables import Outbox, OutboxState
+from storage.tables import OutboxState
 from storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
+# httpcore asks for the optional sniffio package each time it sets up a lock, several times a
+# request; where it is not installed, each ask searches the whole import path again, which
+# cost the sender about as much as the rest of a send. Python is told once that it is not
+# there: the imports fail at once, as they did before, and nothing else changes.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 12
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+CHATS = 100  # chats one claim takes at most
+DEPTH = 20  # rows of one chat one claim takes at most, sent one after another
+LANES = 4  # requests to Telegram in flight at once, each to a chat of its own
+RECORD_WAIT = 0.01  # seconds a record waits for more answers to write with it, at most
+RECORD_BATCH = 64  # answers written together at most
+RECORD_GRACE = timedelta(seconds=5)  # for a drain cut off, to record the answers come
 
 
 @dataclass
@@ -40,7 +61,7 @@ class DrainReport:
     failed: int = 0
     ambiguous: int = 0
     rate_limited: int = 0
-    deferred: int = 0
+    deferred: int = 0  # chats left waiting on the limits
     next_in: float | None = None  # seconds until the limiter lets the next deferred row go
     errors: list[str] = field(default_factory=list)
 
@@ -57,10 +78,49 @@ class SenderStats:
     last_run: Any = None
 
 
+@dataclass(slots=True)
+class Claimed:
+    """An outbox row this sender holds the lease of: what sending it needs."""
+
+    id: int
+    chat_id: int
+    method: str
+    payload: dict[str, Any]
+    ticket_id: int | None
+    is_card: bool
+    person_id: int | None
+    attempts: int
+    fresh_until: datetime  # no send starts later: the lease must outlast it and its record
+
+
+@dataclass(eq=False)
+class _Pass:
+    """What one drain holds: the claimed rows chat by chat, and the sends in flight."""
+
+    bot: Bot
+    patience: float  # how long to wait for the limits before giving the rows back
+    look_every: float  # how often to look for rows queued meanwhile (seconds, loop time)
+    report: DrainReport = field(default_factory=DrainReport)
+    queues: dict[int, deque[Claimed]] = field(default_factory=dict)  # claimed, not yet sent
+    ready: deque[int] = field(default_factory=deque)  # chats that may go when all may
+    waiting: list[tuple[float, int]] = field(default_factory=list)  # (limiter time, chat)
+    busy: dict[int, tuple[asyncio.Task[bool], Claimed]] = field(default_factory=dict)
+    asking: int = 0  # sends waiting for Telegram's answer (the others, for their record)
+    finished: deque[int] = field(default_factory=deque)  # chats whose send has ended
+    loose: list[int] = field(default_factory=list)  # leased rows no longer in hand
+    deep: set[int] = field(default_factory=set)  # chats whose claim may have left rows
+    more: bool = True  # a claim may find rows not in hand
+    claims: int = 0
+    next_look: float = 0.0
+    error: Exception | None = None
+
+
 class OutboxSender:
-    """Claims due rows (leased, SKIP LOCKED on PostgreSQL), sends them in order per chat,
-    records what Telegram answered. A crash between Telegram's answer and the record can
-    repeat that one message; nothing else is sent twice, and nothing is dropped."""
+    """Claims due rows (leased, SKIP LOCKED on PostgreSQL) for many chats at once and sends
+    them, several chats at a time but one message at a time and in order within a chat, as
+    fast as Telegram's limits allow; records what Telegram answered. A crash between
+    Telegram's answer and the record can repeat the messages in flight then (one per chat at
+    most); nothing else is sent twice, and nothing is dropped."""
 
     def __init__(
         self,
@@ -69,110 +129,299 @@ class OutboxSender:
         limiter: RateLimiter | None = None,
         *,
         instance: str | None = None,
-        batch: int = 50,
+        batch: int = CHATS,
+        depth: int = DEPTH,
+        lanes: int = LANES,
     ) -> None:
         self._uows = uows
         self._clock = clock
         self.limiter = limiter or RateLimiter(None)
         self.instance = instance or uuid.uuid4().hex[:12]
         self._batch = batch
+        self._depth = depth
+        self._lanes = max(1, lanes)
         self._wake = asyncio.Event()
+        self._woken = False  # rows were queued since the last claim
+        self._waker: asyncio.Future[None] | None = None  # a drain waiting for news
         self._stopping = False
         self._draining = asyncio.Lock()  # one drain at a time: a row is never claimed twice
+        self._db = asyncio.Lock()  # one unit of work at a time, whichever send asks
+        self._unrecorded: list[tuple[Claimed, datetime, int | None, asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._recorder_killed = False
+        self._gathering: asyncio.Future[None] | None = None  # a record waiting for more
+        self._asking = 0  # sends of the drain in hand waiting for Telegram's answer
         self.stats = SenderStats()
 
     def wake(self) -> None:
         """Something was queued: drain now rather than at the next tick."""
+        self._woken = True
         self._wake.set()
+        self._poke()
 
     def stop(self) -> None:
-        """Let `run` finish the drain in hand and return: a row is never left half sent."""
+        """Let `run` finish the sends in hand and return: a row is never left half sent."""
         self._stopping = True
         self._wake.set()
+        self._poke()
 
     async def run(self, bot: Bot, idle: float = 1.0) -> None:
-        """Drain forever; wakes on `wake()`, after `idle` seconds, or when the limits allow."""
+        """Drain forever; wakes on `wake()`, after `idle` seconds, or when the limits allow.
+        A drain waits for the limits itself (up to a second, or `idle` if longer) rather
+        than give its rows back, and looks for rows queued meanwhile every `idle` seconds."""
         self._stopping = False
         while not self._stopping:
+            self._wake.clear()
             try:
-                report = await self.drain(bot)
-                pause = idle if report.next_in is None else min(idle, max(report.next_in, 0.01))
+                report = await self.drain(bot, patience=max(idle, 1.0), look_every=idle)
+                pause = idle if report.next_in is None else min(idle, max(report.next_in, 0.001))
             except Exception:  # the sender must outlive any single bad moment
                 log.exception("outbox drain failed")
                 pause = idle
-            self._wake.clear()
+            if self._stopping:
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=pause)
             except TimeoutError:
                 pass
 
-    async def drain(self, bot: Bot, *, limit: int | None = None) -> DrainReport:
-        """Send everything due that the limits allow now; returns what happened."""
+    async def drain(
+        self,
+        bot: Bot,
+        *,
+        limit: int | None = None,
+        patience: float = 0.0,
+        look_every: float = math.inf,
+    ) -> DrainReport:
+        """Send everything due that the limits allow now; returns what happened. With
+        `patience`, waits up to that long (the limiter's seconds) each time the limits hold
+        every row in hand, rather than return."""
         async with self._draining:
-            return await self._drain(bot, limit)
+            p = _Pass(bot, patience=patience, look_every=look_every)
+            try:
+                await self._drain(p, limit)
+            except BaseException:
+                await self._cut_off(p)
+                raise
+            await self._give_back(p)
+            self.stats.last_run = self._clock.now()
+            if p.error is not None:
+                raise p.error
+            return p.report
 
-    async def _drain(self, bot: Bot, limit: int | None) -> DrainReport:
-        report = DrainReport()
-        while limit is None or report.sent + report.failed < limit:
-            if self._stopping:
-                break
-            rows = await self._claim()
-            if not rows:
-                break
-            progressed = await self._send_batch(bot, rows, report)
-            if not progressed:
-                break
-        self.stats.last_run = self._clock.now()
-        return report
+    async def _drain(self, p: _Pass, limit: int | None) -> None:
+        while True:
+            self._see_to_finished(p)
+            if (
+                self._stopping
+                or p.error is not None
+                or (limit is not None and p.report.sent + p.report.failed + len(p.busy) >= limit)
+            ):
+                if not p.busy:
+                    return
+                await self._nap(p, math.inf)
+                continue
+            if self._claim_due(p):
+                await self._claim(p)
+                continue  # see to the sends that ended meanwhile first
+            wait = self._dispatch(p)
+            if p.busy:
+                await self._nap(p, wait)
+            elif not p.queues:
+                return  # nothing in hand, and the claim found nothing more
+            elif wait > p.patience:
+                p.report.next_in = wait
+                p.report.deferred = len(p.queues)
+                return
+            else:
+                await self._nap(p, wait)
 
-    async def _claim(self) -> list[Outbox]:
+    def _claim_due(self, p: _Pass) -> bool:
+        if p.claims == 0:
+            return True
+        room = self._batch - len(p.queues)
+        if room <= 0:
+            return False
+        if self._woken:
+            return True
+        if p.more and (room >= self._batch - self._batch // 2 or not p.queues):
+            return True
+        return asyncio.get_running_loop().time() >= p.next_look
+
+    async def _claim(self, p: _Pass) -> None:
+        """Lease more rows, of chats not in hand; give back first the leases let go."""
+        loose, p.loose = p.loose, []
+        self._woken = False
         now = self._clock.now()
-        async with self._uows() as uow:
-            rows = await uow.outbox.due(
-                now, limit=self._batch, skip_locked=uow.dialect != "sqlite", owner=self.instance
+        async with self._db, self._uows() as uow:
+            await uow.outbox.release(loose, self.instance)
+            rows = await uow.outbox.claim(
+                now,
+                now + LEASE,
+                owner=self.instance,
+                chats=self._batch,
+                depth=self._depth,
+                skip=list(p.queues),
+                skip_locked=uow.dialect != "sqlite",
             )
-            mine = []
-            for row in rows:
-                row.lease_owner = self.instance
-                row.lease_until = now + LEASE
-                mine.append(row)
             await uow.commit()
-        return mine
+        p.claims += 1
+        p.next_look = asyncio.get_running_loop().time() + p.look_every
+        fresh_until = now + LEASE / 2
+        chats = 0
+        for r in rows:
+            queue = p.queues.get(r.chat_id)
+            if queue is None:
+                queue = p.queues[r.chat_id] = deque()
+                p.ready.append(r.chat_id)
+                chats += 1
+            queue.append(Claimed(r.id, r.chat_id, r.method, r.payload, r.ticket_id, r.is_card,
+                                 r.person_id, r.attempts, fresh_until))  # fmt: skip
+        for chat in {r.chat_id for r in rows}:
+            if len(p.queues[chat]) >= self._depth:
+                p.deep.add(chat)
+        p.more = chats >= self._batch
 
-    async def _send_batch(self, bot: Bot, rows: list[Outbox], report: DrainReport) -> bool:
-        held: set[int] = set()
-        released: list[int] = []
-        progressed = False
-        first = await self._first_pending({row.chat_id for row in rows})
-        for row in rows:
-            if row.chat_id in held or first.get(row.chat_id, row.id) < row.id:  # type: ignore[operator]
-                held.add(row.chat_id)  # an earlier message of the chat goes first
-                released.append(row.id)  # type: ignore[arg-type]
+    def _dispatch(self, p: _Pass) -> float:
+        """Start sends while lanes are free and the limits allow; returns the seconds until
+        the next may start (infinite: when a send in flight ends)."""
+        limiter = self.limiter
+        now = limiter.now()
+        while p.waiting and p.waiting[0][0] <= now:
+            p.ready.append(heapq.heappop(p.waiting)[1])
+        soonest = p.waiting[0][0] - now if p.waiting else math.inf
+        fresh = self._clock.now()
+        while p.ready and p.asking < self._lanes:
+            overall = limiter.wait_global()
+            if overall > 0:
+                return min(soonest, overall)
+            chat = p.ready.popleft()
+            own = limiter.wait(chat)
+            if own > 0:
+                heapq.heappush(p.waiting, (now + own, chat))
+                soonest = min(soonest, own)
                 continue
-            wait = self.limiter.wait(row.chat_id)
-            if wait > 0:
-                held.add(row.chat_id)
-                report.deferred += 1
-                report.next_in = wait if report.next_in is None else min(report.next_in, wait)
-                released.append(row.id)  # type: ignore[arg-type]
+            row = p.queues[chat][0]
+            if row.fresh_until <= fresh:  # held too long: claim it again, with a new lease
+                self._drop(p, chat)
                 continue
-            done = await self._send_one(bot, row, report)
-            progressed = progressed or done
-            if not done:
-                held.add(row.chat_id)
-        await self._release_all(released)
-        return progressed
+            p.queues[chat].popleft()
+            limiter.start(chat)
+            p.asking += 1
+            self._asking = p.asking
+            task = asyncio.create_task(self._send_one(p, row))
+            p.busy[chat] = (task, row)
+            task.add_done_callback(functools.partial(self._ended, p, chat))
+        return math.inf if p.ready else soonest
 
-    async def _first_pending(self, chats: set[int]) -> dict[int, int]:
-        """Each chat's first pending row, looked up again for the batch just before sending."""
-        async with self._uows(readonly=True) as uow:
-            return await uow.outbox.first_pending_in(chats)
+    def _answered(self, p: _Pass, chat: int) -> None:
+        self.limiter.done(chat)
+        p.asking -= 1
+        self._asking = p.asking
+        if not p.asking:
+            self._record_now()  # no more answers on the way: write what there is
+        self._poke()
 
-    async def _send_one(self, bot: Bot, row: Outbox, report: DrainReport) -> bool:
-        """True when the row is finished (sent or given up), False when it waits for a retry."""
-        self.limiter.record(row.chat_id)
+    def _ended(self, p: _Pass, chat: int, _task: asyncio.Task[bool]) -> None:
+        p.finished.append(chat)
+        self._poke()
+
+    def _see_to_finished(self, p: _Pass) -> None:
+        """Each chat whose send ended goes on with its next row, or is let go."""
+        if self._recorder_killed:
+            self._recorder_killed = False
+            raise asyncio.CancelledError
+        while p.finished:
+            chat = p.finished.popleft()
+            task, row = p.busy.pop(chat)
+            if task.cancelled():
+                raise asyncio.CancelledError  # killed: the whole drain goes with it
+            error = task.exception()
+            if error is not None and not isinstance(error, Exception):
+                raise error
+            if error is not None:  # the database failed, say: finish what is in flight
+                p.error = p.error or error
+                self._drop(p, chat, row)
+            elif not task.result():  # it waits for a retry (or its chat moved)
+                self._drop(p, chat, row)
+            elif p.queues[chat]:
+                p.ready.append(chat)
+            else:
+                del p.queues[chat]
+                if chat in p.deep:
+                    p.deep.discard(chat)
+                    p.more = True
+
+    def _drop(self, p: _Pass, chat: int, row: Claimed | None = None) -> None:
+        """Let the chat's rows go; a claim takes them again when they may go."""
+        p.loose.extend(r.id for r in p.queues.pop(chat, ()))
+        if row is not None:
+            p.loose.append(row.id)
+        p.deep.discard(chat)
+        p.more = True
+
+    async def _nap(self, p: _Pass, timeout: float) -> None:
+        """Wait until a send ends, `timeout` passes, or `wake`/`stop` is called."""
+        if p.finished or timeout <= 0 or self._recorder_killed:
+            return
+        loop = asyncio.get_running_loop()
+        if p.look_every < math.inf and not p.busy and len(p.queues) < self._batch:
+            timeout = min(timeout, max(p.next_look - loop.time(), 0.0))  # time to look again
+        waker = self._waker = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waker) if timeout < math.inf else None
         try:
-            message = await self._call(bot, row)
+            await waker
+        finally:
+            self._waker = None
+            if timer is not None:
+                timer.cancel()
+
+    def _poke(self) -> None:
+        if self._waker is not None:
+            _resolve(self._waker)
+
+    async def _give_back(self, p: _Pass) -> None:
+        """The leases of the rows still in hand, given back as the drain ends."""
+        loose = p.loose + [r.id for queue in p.queues.values() for r in queue]
+        p.loose, p.queues = [], {}
+        if not loose:
+            return
+        try:
+            async with self._db, self._uows() as uow:
+                await uow.outbox.release(loose, self.instance)
+                await uow.commit()
+        except Exception:
+            if p.error is None:
+                raise
+            log.exception("outbox leases not given back; they lapse in %s", LEASE)
+
+    async def _cut_off(self, p: _Pass) -> None:
+        """The drain is cut off (cancelled, or dying): its sends go with it, but answers
+        already come are still recorded if the database takes them within a few seconds:
+        each one not recorded would be sent again."""
+        sends = [task for task, _ in p.busy.values()]
+        for task in sends:
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        recorder = self._recorder
+        if recorder is not None:
+            await asyncio.wait({recorder}, timeout=RECORD_GRACE.total_seconds())
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+        self._recorder_killed = False
+        self._asking = 0
+        self.limiter.end_open()
+
+    async def _send_one(self, p: _Pass, row: Claimed) -> bool:
+        """True when the row is finished (sent or given up), False when it waits for a retry.
+        Its lane is free for another chat once Telegram has answered; its chat goes on once
+        the answer is recorded."""
+        bot, report = p.bot, p.report
+        try:
+            try:
+                message = await self._call(bot, row)
+            finally:
+                self._answered(p, row.chat_id)
         except RetryAfter as err:
             seconds = _seconds(err.retry_after)
             self.limiter.block(row.chat_id, seconds)
@@ -210,7 +459,7 @@ class OutboxSender:
         self.stats.sent += 1
         return True
 
-    async def _call(self, bot: Bot, row: Outbox) -> Message | bool:
+    async def _call(self, bot: Bot, row: Claimed) -> Message | bool:
         p = dict(row.payload)
         markup = (
             InlineKeyboardMarkup.de_json(p["reply_markup"], bot) if p.get("reply_markup") else None
@@ -239,7 +488,7 @@ class OutboxSender:
         return await self._send_text(bot, row, p, markup)
 
     async def _send_text(
-        self, bot: Bot, row: Outbox, p: dict[str, Any], markup: InlineKeyboardMarkup | None
+        self, bot: Bot, row: Claimed, p: dict[str, Any], markup: InlineKeyboardMarkup | None
     ) -> Message:
         reply = p.get("reply_parameters")
         return await bot.send_message(
@@ -254,12 +503,12 @@ class OutboxSender:
     async def _card_message_id(self, ticket_id: int | None) -> int | None:
         if ticket_id is None:
             return None
-        async with self._uows(readonly=True) as uow:
+        async with self._db, self._uows(readonly=True) as uow:
             ticket = await uow.tickets.get(ticket_id)
             return ticket.card_message_id if ticket else None
 
     async def _bad_request(
-        self, bot: Bot, row: Outbox, err: BadRequest, report: DrainReport
+        self, bot: Bot, row: Claimed, err: BadRequest, report: DrainReport
     ) -> bool:
         text = err.message.lower()
         if "message is not modified" in text:
@@ -268,7 +517,7 @@ class OutboxSender:
             return True
         if row.method == "editMessageText" and "message to edit not found" in text:
             # the card was deleted in the group: post it anew and make that the card
-            async with self._uows() as uow:
+            async with self._db, self._uows() as uow:
                 fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
                 assert fresh is not None
                 fresh.method, fresh.is_card, fresh.lease_until = "sendMessage", True, None
@@ -280,7 +529,7 @@ class OutboxSender:
         return True
 
     async def _network(
-        self, row: Outbox, err: Exception, report: DrainReport, error: str | None = None
+        self, row: Claimed, err: Exception, report: DrainReport, error: str | None = None
     ) -> bool:
         error = error or f"network: {err}"
         if row.attempts + 1 >= MAX_ATTEMPTS:
@@ -293,21 +542,81 @@ class OutboxSender:
         self.stats.retried += 1
         return False
 
-    async def _record_sent(self, row: Outbox, message: Message | bool | None) -> None:
-        """Record Telegram's answer in two statements at most; the row as claimed says all
-        that is needed (only this sender, holding its lease, changes it meanwhile)."""
+    async def _record_sent(self, row: Claimed, message: Message | bool | None) -> None:
+        """Record Telegram's answer; returns once it is committed. Answers that come while
+        one record is being written are written together next, in one transaction."""
         message_id = message.message_id if isinstance(message, Message) else None
-        async with self._uows() as uow:
-            await uow.outbox.mark_sent(row.id, self._clock.now(), message_id)  # type: ignore[arg-type]
-            card_of = row.ticket_id or row.payload.get("card_of")
-            if message_id is not None and card_of and (row.is_card or row.payload.get("card_of")):
-                # an edit posted anew (its card was deleted) is the card from now on
-                reposted = row.method == "sendMessage" and "card_of" in row.payload
-                await uow.tickets.remember_card(card_of, message_id, replace=reposted)
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unrecorded.append((row, self._clock.now(), message_id, recorded))
+        if len(self._unrecorded) >= RECORD_BATCH:
+            self._record_now()
+        if self._recorder is None:
+            self._recorder = asyncio.create_task(self._record_all())
+            self._recorder.add_done_callback(self._recorder_ended)
+        await recorded
+
+    def _recorder_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # killed: the drain it records for goes with it
+            self._recorder_killed = True
+            self._poke()
+
+    async def _record_all(self) -> None:
+        batch: list[tuple[Claimed, datetime, int | None, asyncio.Future[None]]] = []
+        try:
+            while self._unrecorded:
+                if self._asking and len(self._unrecorded) < RECORD_BATCH:
+                    await self._gather_more()  # one write for the answers about to come too
+                batch, self._unrecorded = self._unrecorded, []
+                try:
+                    await self._write_sent(batch)
+                except Exception as err:  # each send waiting for its record fails with it
+                    _settle([f for *_, f in batch], err)
+                else:
+                    _settle([f for *_, f in batch], None)
+        except BaseException as err:  # cut off: so is every send waiting for a record
+            _settle([f for *_, f in batch + self._unrecorded], err)
+            self._unrecorded = []
+            raise
+        finally:
+            self._recorder = None
+
+    async def _gather_more(self) -> None:
+        loop = asyncio.get_running_loop()
+        gathering = self._gathering = loop.create_future()
+        timer = loop.call_later(RECORD_WAIT, _resolve, gathering)
+        try:
+            await gathering
+        finally:
+            self._gathering = None
+            timer.cancel()
+
+    def _record_now(self) -> None:
+        if self._gathering is not None:
+            _resolve(self._gathering)
+
+    async def _write_sent(
+        self, batch: list[tuple[Claimed, datetime, int | None, asyncio.Future[None]]]
+    ) -> None:
+        """Two statements for the lot at most; each row as claimed says all that is needed
+        (only this sender, holding its lease, changes it meanwhile)."""
+        async with self._db, self._uows() as uow:
+            await uow.outbox.mark_all_sent([(row.id, at, mid) for row, at, mid, _ in batch])
+            for row, _, message_id, _ in batch:
+                card_of = row.ticket_id or row.payload.get("card_of")
+                if (
+                    message_id is not None
+                    and card_of
+                    and (row.is_card or row.payload.get("card_of"))
+                ):
+                    # an edit posted anew (its card was deleted) is the card from now on
+                    reposted = row.method == "sendMessage" and "card_of" in row.payload
+                    await uow.tickets.remember_card(card_of, message_id, replace=reposted)
             await uow.commit()
 
-    async def _retry(self, row: Outbox, seconds: float, error: str, *, count: bool = True) -> None:
-        async with self._uows() as uow:
+    async def _retry(
+        self, row: Claimed, seconds: float, error: str, *, count: bool = True
+    ) -> None:
+        async with self._db, self._uows() as uow:
             fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
             assert fresh is not None
             fresh.attempts += 1 if count else 0
@@ -316,16 +625,10 @@ class OutboxSender:
             fresh.lease_until = None
             await uow.commit()
 
-    async def _release_all(self, outbox_ids: list[int]) -> None:
-        if outbox_ids:
-            async with self._uows() as uow:
-                await uow.outbox.release(outbox_ids, self.instance)
-                await uow.commit()
-
-    async def _give_up(self, row: Outbox, error: str, *, blocked_person: bool = False) -> None:
+    async def _give_up(self, row: Claimed, error: str, *, blocked_person: bool = False) -> None:
         log.warning("outbox row %s to chat %s given up: %s", row.id, row.chat_id, error)
         self.stats.failed += 1
-        async with self._uows() as uow:
+        async with self._db, self._uows() as uow:
             fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
             assert fresh is not None
             fresh.state = OutboxState.FAILED
@@ -340,7 +643,7 @@ class OutboxSender:
 
     async def _migrate(self, old: int, new: int) -> None:
         """The group became a supergroup: its binding, tickets and queue follow the new id."""
-        async with self._uows() as uow:
+        async with self._db, self._uows() as uow:
             await uow.org.move_chat(old, new)
             await uow.commit()
 
@@ -349,3 +652,20 @@ def _seconds(retry_after: int | timedelta) -> float:
     return (
         retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
     )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)
