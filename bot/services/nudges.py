@@ -226,11 +226,16 @@ class NudgeService:
         now = now or self._clock.now()
         if not self._calendar.is_working_time(now):
             return ScanReport(now, working=False)
-        tally, after, chart = _Tally(), 0, _Chart()
-        while True:
+        quiet = self.ladder.quiet_since(now)
+        tally, chart = _Tally(), _Chart()
+        candidates: Sequence[int] | None = None
+        start = 0
+        while candidates is None or start < len(candidates):
             async with self._uows(readonly=True) as uow:
-                quiet = self.ladder.quiet_since(now)
-                rows = await uow.tickets.scan_page(quiet, now, after, PAGE)
+                if candidates is None:
+                    candidates = await uow.tickets.scan_candidates(quiet, now)
+                page = candidates[start : start + PAGE]
+                rows = await uow.tickets.scan_page(page, quiet, now)
                 latest = {
                     (t, rung): (slot, at)
                     for t, rung, slot, at in await uow.schedule.latest_nudges([r.id for r in rows])
@@ -244,9 +249,7 @@ class NudgeService:
                 except Exception:
                     log.exception("idle scan: ticket #%s failed; the next scan retries it", row.id)
             tally.nudges += await self._nudge_page(wanted, now, chart)
-            if len(rows) < PAGE:
-                break
-            after = rows[-1].id
+            start += PAGE
         return ScanReport(
             now,
             True,
