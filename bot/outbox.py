@@ -48,7 +48,10 @@ _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 CHATS = 100  # chats one claim takes at most
 DEPTH = 20  # rows of one chat one claim takes at most, sent one after another
-LANES = 4  # requests to Telegram in flight at once, each to a chat of its own
+# requests to Telegram in flight at once, each to a chat of its own: four reach Telegram's 30
+# a second while answers take up to 130 ms; each costs the client more the more there are
+# (httpcore looks over every connection it holds for every request)
+LANES = 4
 RECORD_WAIT = 0.01  # seconds a record waits for more answers to write with it, at most
 RECORD_BATCH = 64  # answers written together at most
 RECORD_GRACE = timedelta(seconds=5)  # for a drain cut off, to record the answers come
@@ -225,6 +228,8 @@ class OutboxSender:
                 await self._claim(p)
                 continue  # see to the sends that ended meanwhile first
             wait = self._dispatch(p)
+            if not p.asking:
+                self._record_now()  # no more answers on the way: write what there is
             if p.busy:
                 await self._nap(p, wait)
             elif not p.queues:
@@ -318,8 +323,6 @@ class OutboxSender:
         self.limiter.done(chat)
         p.asking -= 1
         self._asking = p.asking
-        if not p.asking:
-            self._record_now()  # no more answers on the way: write what there is
         self._poke()
 
     def _ended(self, p: _Pass, chat: int, _task: asyncio.Task[bool]) -> None:
