@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -175,6 +176,11 @@ class OrgRepository(_Repository):
     async def people(self, ids: Sequence[int]) -> Sequence[Person]:
         if not ids:
             return []
+        # people this unit of work already holds (a report's author, say) need no query
+        held = self.session.sync_session.identity_map
+        found = [held.get(identity_key(Person, i)) for i in ids]
+        if all(p is not None for p in found):
+            return found  # type: ignore[return-value]
         return await self._all_once(
             ("people", *ids), lambda: select(Person).where(col(Person.id).in_(ids))
         )
