@@ -2,18 +2,20 @@
 
 The same open backlog and the same due tickets sit on top of two histories ten times apart;
 the sweep should cost the same on both. Each timed sweep sends its nudges for real, and the
-rows it wrote are taken out again before the next one (untimed).
+rows it wrote are taken out again before the next one (untimed). The two databases are swept
+in turns, so that both meet the same load.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.core import Result, Workspace, bench_settings, median, timed
+from bench.core import Result, Workspace, bench_settings, median
 from bench.history import Sizes
 from bench.settings import NOW
 from bot.app import build_services
@@ -64,51 +66,80 @@ async def undo(engine: AsyncEngine, before: dict[str, int]) -> None:
                 await conn.exec_driver_sql(statement)
 
 
-async def measure(url: str, runs: int) -> SweepFigures:
-    """Median sweeps at NOW: with the due tickets still owed their nudges, then quiet."""
-    engine = make_engine(url)
-    services = build_services(
-        bench_settings(url), clock=ManualClock(NOW), engine=engine, limits=None
-    )
-    reports: list[ScanReport] = []
-    cpu: list[float] = []
+class _Subject:
+    """One database under the sweep: the bot's services over it, and what its sweeps took."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.services = build_services(
+            bench_settings(url), clock=ManualClock(NOW), engine=self.engine, limits=None
+        )
+        self.before: dict[str, int] = {}
+        self.reports: list[ScanReport] = []
+
+    async def sweep(self) -> tuple[float, float]:
+        """One sweep: its wall and CPU seconds."""
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.reports.append(await self.services.nudges.scan(NOW))
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def _in_turns(
+    subjects: list[_Subject], runs: int, *, put_back: bool
+) -> list[tuple[list[float], list[float]]]:
+    """The wall and CPU seconds of `runs` sweeps of each subject, after SETTLE untimed ones,
+    the subjects taking turns: a machine others share changes its pace by the minute, and
+    in turns both histories meet the same pace."""
+    taken: list[tuple[list[float], list[float]]] = [([], []) for _ in subjects]
+    for i in range(SETTLE + runs):
+        for subject, (walls, cpus) in zip(subjects, taken, strict=True):
+            wall, cpu = await subject.sweep()
+            if i >= SETTLE:
+                walls.append(wall)
+                cpus.append(cpu)
+            if put_back:
+                await undo(subject.engine, subject.before)
+    return taken
+
+
+async def measure(urls: list[str], runs: int) -> list[SweepFigures]:
+    """Median sweeps at NOW over each database: with the due tickets still owed their
+    nudges, then quiet."""
+    subjects = [_Subject(url) for url in urls]
     try:
-        before = await marks(engine)
-
-        async def sweep() -> None:
-            started = time.process_time()
-            reports.append(await services.nudges.scan(NOW))
-            cpu.append(time.process_time() - started)
-
-        async def put_back() -> None:
-            await undo(engine, before)
-
-        owed = await timed(sweep, runs=runs, warmup=SETTLE, between=put_back)
-        owed_cpu = cpu[-runs:]
-        moved = [r for r in reports if r.supervised or r.closed]
-        if moved:
-            raise RuntimeError("the sweep moved tickets; the due set must only be nudged")
-        await sweep()  # nudges sent: the next sweeps find nothing due
-        quiet = await timed(sweep, runs=runs, warmup=SETTLE)
-        quiet_cpu = cpu[-runs:]
-        await undo(engine, before)
+        for subject in subjects:
+            subject.before = await marks(subject.engine)
+        owed = await _in_turns(subjects, runs, put_back=True)
+        for subject in subjects:
+            if any(r.supervised or r.closed for r in subject.reports):
+                raise RuntimeError("the sweep moved tickets; the due set must only be nudged")
+            await subject.sweep()  # nudges sent: the next sweeps find nothing due
+        quiet = await _in_turns(subjects, runs, put_back=False)
+        for subject in subjects:
+            await undo(subject.engine, subject.before)
     finally:
-        await services.close()
-    last = reports[0]
-    return SweepFigures(
-        median(owed) * 1000,
-        median(quiet) * 1000,
-        last.candidates,
-        len(last.nudges),
-        median(owed_cpu) * 1000,
-        median(quiet_cpu) * 1000,
-    )
+        for subject in subjects:
+            await subject.services.close()
+    return [
+        SweepFigures(
+            median(owed_wall) * 1000,
+            median(quiet_wall) * 1000,
+            subject.reports[0].candidates,
+            len(subject.reports[0].nudges),
+            median(owed_cpu) * 1000,
+            median(quiet_cpu) * 1000,
+        )
+        for subject, (owed_wall, owed_cpu), (quiet_wall, quiet_cpu) in zip(
+            subjects, owed, quiet, strict=True
+        )
+    ]
 
 
 async def run(ws: Workspace, engine: str, sizes: tuple[Sizes, Sizes], runs: int) -> list[Result]:
     small_sizes, large_sizes = sizes
-    small = await measure((await ws.dataset(engine, small_sizes)).url, runs)
-    large = await measure((await ws.dataset(engine, large_sizes)).url, runs)
+    urls = [(await ws.dataset(engine, sizes)).url for sizes in (small_sizes, large_sizes)]
+    small, large = await measure(urls, runs)
     ratio = large.sweep_ms / small.sweep_ms
     figures: dict[str, Any] = {
         "tickets": large_sizes.tickets,
