@@ -94,14 +94,23 @@ def parse_rating(word: str | None) -> str:
     return rating
 
 
+# control characters no message needs (tabs and line breaks stay); PostgreSQL refuses NUL
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def said(message: Message | None) -> str:
+    """The text or caption of a message, without control characters, trimmed."""
+    if message is None:
+        return ""
+    return _CONTROLS.sub("", message.text or message.caption or "").strip()
+
+
 def command_args(update: Update, context: BotContext) -> Args:
     """What follows the command word, in a text or a caption; for a Chinese verb, its match."""
     match = context.matches[0] if context.matches else None
     if match is not None and "rest" in match.re.groupindex:
-        return Args(match.group("rest") or "")
-    message = update.effective_message
-    body = (message.text or message.caption or "") if message else ""
-    parts = body.strip().split(maxsplit=1)
+        return Args(_CONTROLS.sub("", match.group("rest") or ""))
+    parts = said(update.effective_message).split(maxsplit=1)
     return Args(parts[1] if len(parts) > 1 else "")
 
 

@@ -11,7 +11,7 @@ from telegram import Message, Update
 
 from bot.context import BotContext
 from bot.errors import UsageError
-from handlers.common import Args, actor, attachments, changed, command
+from handlers.common import Args, actor, attachments, changed, command, said
 from storage.tables import Role
 
 TAG = "#问题"
@@ -65,4 +65,4 @@ async def _reporter(context: BotContext, source: Message, replier: int) -> int:
 
 
 def _words_of(message: Message) -> str:
-    return (message.text or message.caption or "").strip()
+    return said(message)

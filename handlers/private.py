@@ -17,7 +17,17 @@ from bot.i18n import gettext
 from bot.markup import clip
 from bot.services.tickets import NewAttachment
 from handlers import replies
-from handlers.common import Args, actor, attachments, changed, command, language, reply, viewer
+from handlers.common import (
+    Args,
+    actor,
+    attachments,
+    changed,
+    command,
+    language,
+    reply,
+    said,
+    viewer,
+)
 from storage.tables import Role
 
 CATEGORY, DESCRIPTION, PHOTOS, ANONYMOUS, CONFIRM = (
@@ -42,7 +52,7 @@ def _draft(context: BotContext) -> dict[str, Any]:
 
 def _answer(update: Update) -> str:
     message = update.effective_message
-    return (message.text or "").strip() if message else ""
+    return said(message) if message is not None and message.text is not None else ""
 
 
 def _is(lang: str, said: str, label: str) -> bool:

@@ -179,3 +179,17 @@ async def test_too_many_reports_in_an_hour_are_refused(harness: Harness) -> None
         "You have filed 2 reports within the hour; please wait a little."
     )
     assert await h.count_tickets() == 2
+
+
+async def test_control_characters_in_a_report_are_dropped_and_the_rest_is_filed(
+    harness: Harness,
+) -> None:
+    """A NUL (which PostgreSQL cannot store) or a bell in a message costs nothing of the rest."""
+    sent = await harness.say("acme_boss", "/report 发票\x00开不\x07出来\tinvoice\nstuck", GROUP)
+    [card] = harness.texts(sent, GROUP)
+    assert card.startswith("#1 · 已交办")
+    ticket = await harness.ticket(1)
+    assert ticket.text == "发票开不出来\tinvoice\nstuck"
+    assert await harness.say("tax_clerk", "/claim 1", GROUP)
+    noted = await harness.say("tax_clerk", "/progress 1 已\x00联系", GROUP)
+    assert any("已联系" in text for text in harness.texts(noted))
