@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bot import texts
@@ -11,7 +12,7 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.markup import split_html
 from bot.services.views import EventView, TicketView
-from storage.tables import Outbox, Person, Role, Ticket
+from storage.tables import Outbox, OutboxState, Person, Role, Ticket
 from storage.uow import UnitOfWork
 
 
@@ -25,6 +26,50 @@ class Origin:
 
 def _markup(rows: list[list[dict[str, str]]]) -> dict[str, Any] | None:
     return {"inline_keyboard": rows} if rows else None
+
+
+def outbox_values(
+    chat_id: int,
+    html: str,
+    *,
+    now: datetime,
+    ticket_id: int | None = None,
+    person_id: int | None = None,
+    buttons: list[list[dict[str, str]]] | None = None,
+    reply_to: int | None = None,
+    dedupe_key: str | None = None,
+    is_card: bool = False,
+) -> list[dict[str, Any]]:
+    """The outbox rows of one message, as plain values: split when longer than Telegram
+    allows, the buttons on the last part, the reply on the first."""
+    chunks = split_html(html)
+    rows = []
+    for index, chunk in enumerate(chunks):
+        payload: dict[str, Any] = {"text": chunk, "parse_mode": "HTML"}
+        if index == len(chunks) - 1 and buttons:
+            payload["reply_markup"] = _markup(buttons)
+        if index == 0 and reply_to:
+            payload["reply_parameters"] = {
+                "message_id": reply_to,
+                "allow_sending_without_reply": True,
+            }
+        key = f"{dedupe_key}:{index}" if dedupe_key and len(chunks) > 1 else dedupe_key
+        rows.append(
+            {
+                "chat_id": chat_id,
+                "method": "sendMessage",
+                "payload": payload,
+                "ticket_id": ticket_id,
+                "person_id": person_id,
+                "dedupe_key": key,
+                "is_card": is_card and index == 0,
+                "state": OutboxState.PENDING,
+                "created_at": now,
+                "not_before": now,
+                "attempts": 0,
+            }
+        )
+    return rows
 
 
 class Notifier:
@@ -47,32 +92,22 @@ class Notifier:
         is_card: bool = False,
     ) -> list[Outbox]:
         """Queue a message, split when longer than Telegram allows; buttons on the last part."""
-        now = self._clock.now()
-        chunks = split_html(html)
-        rows = []
-        for index, chunk in enumerate(chunks):
-            payload: dict[str, Any] = {"text": chunk, "parse_mode": "HTML"}
-            last = index == len(chunks) - 1
-            if last and buttons:
-                payload["reply_markup"] = _markup(buttons)
-            if index == 0 and reply_to:
-                payload["reply_parameters"] = {
-                    "message_id": reply_to,
-                    "allow_sending_without_reply": True,
-                }
-            key = f"{dedupe_key}:{index}" if dedupe_key and len(chunks) > 1 else dedupe_key
-            row = Outbox(
-                chat_id=chat_id,
-                payload=payload,
+        rows = [
+            Outbox(**values)
+            for values in outbox_values(
+                chat_id,
+                html,
+                now=self._clock.now(),
                 ticket_id=ticket_id,
                 person_id=person_id,
-                dedupe_key=key,
-                is_card=is_card and index == 0,
-                created_at=now,
-                not_before=now,
+                buttons=buttons,
+                reply_to=reply_to,
+                dedupe_key=dedupe_key,
+                is_card=is_card,
             )
+        ]
+        for row in rows:
             uow.outbox.add(row)
-            rows.append(row)
         return rows
 
     async def card(

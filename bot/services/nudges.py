@@ -15,12 +15,11 @@ from bot.calendar import WorkCalendar
 from bot.clock import Clock
 from bot.config import Settings
 from bot.errors import QunbanError
-from bot.markup import split_html
-from bot.notify import Notifier
+from bot.notify import Notifier, outbox_values
 from bot.services.org import working_span
 from bot.services.tickets import TicketService
 from bot.tickets import Action
-from storage.tables import OutboxState, Role, TicketState
+from storage.tables import Role, TicketState
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -560,28 +559,13 @@ class _Page:
         person_id: int | None = None,
         buttons: list[list[dict[str, str]]] | None = None,
     ) -> None:
-        """Queue a message as `Notifier.message` does: split when longer than Telegram
-        allows, the buttons on the last part."""
-        chunks = split_html(html)
-        for index, chunk in enumerate(chunks):
-            payload: dict[str, Any] = {"text": chunk, "parse_mode": "HTML"}
-            if buttons and index == len(chunks) - 1:
-                payload["reply_markup"] = {"inline_keyboard": buttons}
-            self.messages.append(
-                {
-                    "chat_id": chat_id,
-                    "method": "sendMessage",
-                    "payload": payload,
-                    "ticket_id": ticket_id,
-                    "person_id": person_id,
-                    "dedupe_key": None,
-                    "is_card": False,
-                    "state": OutboxState.PENDING,
-                    "created_at": self.at,
-                    "not_before": self.at,
-                    "attempts": 0,
-                }
+        """Queue a message as `Notifier.message` does."""
+        self.messages.extend(
+            outbox_values(
+                chat_id, html, now=self.at, ticket_id=ticket_id, person_id=person_id,
+                buttons=buttons,
             )
+        )  # fmt: skip
 
 
 def _buttons(lang: str, rung: Rung, number: int) -> list[list[dict[str, str]]] | None:
