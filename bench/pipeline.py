@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ async def running(url: str, double: TimedDouble):
     poller = Bot(TOKEN, request=DoubleRequest(double), get_updates_request=DoubleRequest(double))
     await poller.initialize()
     bot.receiver = Receiver(poller, services.uows, bot.on_stored, clock=clock, timeout=5)
+    gc.collect()
+    gc.freeze()  # as `qunban run` does once it has started
     bot.tasks = [
         asyncio.create_task(bot.receiver.run()),
         asyncio.create_task(bot.worker.run(idle=0.5)),
