@@ -927,3 +927,157 @@ async def test_a_sender_that_dies_mid_batch_leaves_its_rows_to_the_other_after_t
     assert (lost(env, queued), doubled) == (0, 0), line
     assert all(env.texts_to(chat) == texts for chat, texts in queued.items()), line
     assert not await env.pending()
+
+
+# --------------------------------------------------------------------------- batches and lanes
+
+
+async def test_one_claim_leases_each_chats_next_rows_in_order_up_to_the_first_that_waits(env):
+    """The next rows of many chats in one claim: each chat's from its first pending row on,
+    in id order, up to `depth`, up to a row not due yet, and none of a chat whose first row
+    another sender holds; chats in the order of their first rows."""
+    dm, held, late = env.org["tax_head"], env.org["tax_clerk"], env.org["city_coord"]
+    queued = await queue_for_chats(env, [GROUP, COUNTY_GROUP, dm, held, late], 4)
+    rows = await env.rows()
+    ids = {chat: [r.id for r in rows if r.chat_id == chat] for chat in queued}
+    async with env.uows() as uow:
+        first, third = await uow.outbox.get(ids[held][0]), await uow.outbox.get(ids[late][2])
+        assert first is not None
+        assert third is not None
+        first.lease_owner, first.lease_until = "other", T0 + LEASE  # another sender's
+        third.not_before = T0 + timedelta(seconds=5)  # a retry, say
+        await uow.commit()
+    async with env.uows() as uow:
+        got = await uow.outbox.claim(
+            T0, T0 + LEASE, owner="me", chats=3, depth=3, skip=[COUNTY_GROUP]
+        )
+        await uow.commit()
+    assert (
+        [(r.chat_id, r.id) for r in got]
+        == [
+            *((GROUP, i) for i in ids[GROUP][:3]),  # depth 3 of 4
+            *((dm, i) for i in ids[dm][:3]),
+            *((late, i) for i in ids[late][:2]),  # its third waits, so does its fourth
+        ]
+    )
+    leased = {r.id for r in await env.rows() if r.lease_owner == "me"}
+    assert leased == {r.id for r in got}
+    async with env.uows() as uow:  # another sender: the chats held wait, whole, for "me"
+        rest = await uow.outbox.claim(T0, T0 + LEASE, owner="you", chats=10, depth=10)
+        await uow.commit()
+    assert [(r.chat_id, r.id) for r in rest] == [(COUNTY_GROUP, i) for i in ids[COUNTY_GROUP]]
+
+
+async def test_two_senders_on_one_database_send_every_row_once_and_in_order(
+    env, shared_url, record_property
+):
+    """Two processes drain one queue at once, many lanes each: the leases split it, each
+    row goes once, each chat's rows in order (SQLite: a file both open; PostgreSQL)."""
+    if "sqlite" not in shared_url:
+        await _two_senders(env, shared_url, record_property)
+        return
+    engine = make_engine(shared_url)
+    try:
+        other = _over(env, UnitOfWorkFactory(make_session_factory(engine)))
+        await _two_senders(other, shared_url, record_property)
+    finally:
+        await engine.dispose()
+
+
+async def _two_senders(env: Env, url: str, record_property: Any) -> None:
+    chats = [GROUP - n for n in range(15)] + [6_000_000_000 + n for n in range(15)]
+    queued = await queue_for_chats(env, chats, 8)
+    async with second_process(env, url) as (other_uows, other_bot):
+        a = env.sender(limits=None, instance="a", batch=8)
+        b = env.sender(limits=None, instance="b", uows=other_uows, batch=8)
+        outcomes = await drain_together(env, [(a, env.bot), (b, other_bot)])
+    line = figures(
+        record_property,
+        "two senders, one database",
+        rows=240,
+        sent_by_a=a.stats.sent,
+        sent_by_b=b.stats.sent,
+        doubled=env.double.count_duplicates(),
+    )
+    assert [o for o in outcomes if not isinstance(o, DrainReport)] == [], line
+    assert (lost(env, queued), env.double.count_duplicates()) == (0, 0), line
+    assert all(env.texts_to(chat) == texts for chat, texts in queued.items()), line
+    assert a.stats.sent + b.stats.sent == 240, line
+    assert a.stats.sent > 0, line
+    assert b.stats.sent > 0, line
+
+
+def _over(env: Env, uows: UnitOfWorkFactory) -> Env:
+    """The same environment over another engine of the same database."""
+    return Env(uows, env.clock, env.double, env.bot, env.notifier, env.tickets, env.org)
+
+
+class HeldRequest(DoubleRequest):
+    """Telegram takes each request at once but its answer waits until `let_go`."""
+
+    def __init__(self, double: TeleDouble) -> None:
+        super().__init__(double)
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.arrived = asyncio.Event()
+        self.expect = 0
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        answer = await super().do_request(*args, **kwargs)
+        if "sendMessage" in str(kwargs.get("url", args[0] if args else "")):
+            self.waiting += 1
+            if self.waiting >= self.expect:
+                self.arrived.set()
+            await self.gate.wait()
+        return answer
+
+
+class CountedUows(UnitOfWorkFactory):
+    """Counts the writing units of work."""
+
+    def __init__(self, uows: UnitOfWorkFactory) -> None:
+        super().__init__(uows.sessions)
+        self.writes = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.writes += not kwargs.get("readonly")
+        return super().__call__(**kwargs)
+
+
+async def test_answers_that_come_together_are_recorded_in_one_transaction(env):
+    chats = [GROUP - n for n in range(LANES)]
+    await queue_for_chats(env, chats, 1)
+    request = HeldRequest(env.double)
+    request.expect = LANES
+    uows = CountedUows(env.uows)
+    async with Bot(env.double.token, request=request) as bot:
+        sender = env.sender(limits=None, uows=uows)
+        drain = asyncio.create_task(sender.drain(bot))
+        await request.arrived.wait()  # every lane's request is with Telegram
+        writes = uows.writes  # the claim
+        request.gate.set()
+        report = await drain
+    assert report.sent == LANES
+    assert uows.writes - writes == 1  # one record for all the answers
+    assert {r.state for r in await env.rows()} == {OutboxState.SENT}
+
+
+async def test_stop_lets_the_sends_in_flight_finish_and_gives_the_rest_back(env):
+    """`stop()` while requests are with Telegram: their answers are recorded, nothing more
+    is sent, and the rows claimed but not sent are free for any sender at once."""
+    chats = [GROUP - n for n in range(LANES * 2)]
+    await queue_for_chats(env, chats, 2)
+    request = HeldRequest(env.double)
+    request.expect = LANES
+    async with Bot(env.double.token, request=request) as bot:
+        sender = env.sender(limits=None, instance="host-a")
+        running = asyncio.create_task(sender.run(bot, idle=3600))
+        await request.arrived.wait()
+        sender.stop()
+        request.gate.set()
+        await running
+    rows = await env.rows()
+    sent = [r for r in rows if r.state == OutboxState.SENT]
+    assert len(sent) == len(env.double.sent) == LANES
+    assert all(r.lease_until is None for r in rows)
+    assert len([r for r in rows if r.state == OutboxState.PENDING]) == LANES * 4 - LANES

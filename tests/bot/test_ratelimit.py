@@ -3,6 +3,7 @@ all, and a chat that got RetryAfter waits it out. Time is a hand-moved monotonic
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import pytest
@@ -213,3 +214,104 @@ def test_measured_rates_of_a_busy_queue_stay_within_the_limits(record_property):
     assert (per_chat, per_group, overall) == (1, 20, 30)
     # the last 5 of each group's 25 wait for the first minute's window to pass
     assert 60 <= elapsed < 70
+
+
+# --------------------------------------------------------------------------- sends in flight
+
+
+def test_a_send_holds_its_place_from_its_start_and_is_timed_from_its_answer(limiter, tick):
+    limiter.start(USER)
+    assert limiter.wait(USER) == math.inf  # its answer ends the wait, not a time known now
+    assert limiter.wait(USER + 1) == 0
+    tick.advance(0.4)  # the answer takes 0.4 s
+    limiter.done(USER)
+    assert limiter.wait(USER) == pytest.approx(1.0)  # a second from the answer, not the start
+    tick.advance(1.0)
+    assert limiter.wait(USER) == 0
+
+
+def test_sends_in_flight_fill_the_overall_limit_until_they_are_answered(limiter, tick):
+    for n in range(30):
+        limiter.start(USER + n)
+    assert limiter.wait_global() == math.inf  # only answers can make room
+    tick.advance(0.5)
+    limiter.done(USER)
+    # 29 still out and one answered at t=0.5: room when that one leaves the second
+    assert limiter.wait_global() == pytest.approx(1.0)
+    assert limiter.wait(USER) == pytest.approx(1.0)
+    tick.advance(1.0)
+    assert limiter.wait_global() == 0
+    for n in range(1, 30):
+        limiter.done(USER + n)
+    assert limiter.wait_global() == 0  # 29 in the second, timed from now
+    limiter.record(USER + 30)
+    assert limiter.wait_global() == pytest.approx(1.0)
+
+
+def test_sends_whose_answers_never_come_count_as_answered_when_given_up(limiter, tick):
+    limiter.start(GROUP)
+    limiter.start(USER)
+    tick.advance(2.0)
+    limiter.end_open()
+    assert limiter.wait(GROUP) == pytest.approx(1.0)
+    assert limiter.wait(USER) == pytest.approx(1.0)
+    assert limiter.wait_global() == 0
+
+
+def test_without_limits_sends_in_flight_hold_nothing_back(tick):
+    limiter = RateLimiter(None, monotonic=tick)
+    limiter.start(USER)
+    assert (limiter.wait(USER), limiter.wait_global()) == (0, 0)
+    limiter.done(USER)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chats=st.lists(
+        st.sampled_from([GROUP, GROUP - 1, USER, USER + 1, USER + 2, USER + 3]),
+        min_size=1,
+        max_size=300,
+    ),
+    answers=st.lists(st.sampled_from([0.0, 0.01, 0.2, 0.5, 1.5]), min_size=1, max_size=40),
+    arrivals=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40),
+    lanes=st.integers(1, 8),
+)
+def test_however_the_requests_travel_the_server_never_counts_more_than_the_limits(
+    chats, answers, arrivals, lanes
+):
+    """Sends go out as `wait` allows, several at once (one per chat), each answered after
+    its own delay; the server counts each at a moment anywhere between its start and its
+    answer. Counted the server's way, every sliding window stays within the limits."""
+    tick = Monotonic()
+    limiter = RateLimiter(Limits(), monotonic=tick)
+    queue = deque(chats)
+    out: dict[int, tuple[float, float]] = {}  # chat: (started, answered at)
+    seen: dict[int, list[float]] = {}
+    everything: list[float] = []
+    k = 0
+    while queue or out:
+        chat = queue[0] if queue else None
+        if chat is not None and len(out) < lanes and chat not in out and not limiter.wait(chat):
+            queue.popleft()
+            limiter.start(chat)
+            out[chat] = (tick.now, tick.now + answers[k % len(answers)])
+            k += 1
+            continue
+        # nothing may start now: move on to the next answer or the next free moment
+        wait = limiter.wait(chat) if chat is not None and chat not in out else math.inf
+        soonest = min([at for _, at in out.values()] + [tick.now + wait])
+        tick.advance(max(soonest - tick.now, 0.0))
+        for c, (started, at) in list(out.items()):
+            if at <= tick.now:
+                limiter.done(c)
+                del out[c]
+                counted = started + (at - started) * arrivals[k % len(arrivals)]
+                seen.setdefault(c, []).append(counted)
+                everything.append(counted)
+    for chat, times in seen.items():
+        times.sort()
+        assert _most_in(times, 1.0) <= 1
+        if chat < 0:
+            assert _most_in(times, 60.0) <= 20
+    everything.sort()
+    assert _most_in(everything, 1.0) <= 30
