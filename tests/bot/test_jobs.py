@@ -140,6 +140,7 @@ async def test_the_digest_job_sends_each_leader_one_digest(
     assert errors == []
 
 
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)  # asyncpg never blocks the loop
 async def test_the_digest_job_reads_sqlite_off_the_loop_s_thread(
     app: Application[Any, Any, Any, Any, Any, Any],
     engine: AsyncEngine,
@@ -148,8 +149,6 @@ async def test_the_digest_job_reads_sqlite_off_the_loop_s_thread(
     org: Org,
     errors: list[BaseException],
 ) -> None:
-    if engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL's driver never blocks the loop")
     threads: set[int] = set()  # where the digest's reads of the tickets ran
     async with engine.connect() as conn:  # an in-memory database has this one connection
         raw = (await conn.get_raw_connection()).driver_connection
