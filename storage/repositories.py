@@ -1023,13 +1023,7 @@ _SCAN_PAGE = (
 
 _LOCK_FOR_NUDGES = (
     select(  # type: ignore[call-overload]
-        Ticket.id,
-        Ticket.state,
-        Ticket.claimant_id,
-        Ticket.last_activity_at,
-        Ticket.due_at,
-        Ticket.supervised_at,
-        Ticket.resolved_at,
+        *_SCAN_COLUMNS,
         Ticket.department_id,
         Ticket.region_id,
         Ticket.reporter_id,
