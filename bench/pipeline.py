@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from bench.orgchart import Chart
 from bench.settings import TOKEN, bench_settings
 from bot.app import build_application, build_services
 from bot.clock import SystemClock
+from bot.heap import Heap
 from bot.inbox import InboxWorker
 from bot.receiver import Receiver
 from bot.teledouble import JSON, DoubleRequest, TeleDouble
@@ -111,13 +111,15 @@ async def running(url: str, double: TimedDouble):
     )
     bot = Running(double, services=services)
     await app.initialize()
-    bot.worker = InboxWorker(services.uows, app, clock, on_processed=bot.on_processed)
+    heap = Heap()
+    bot.worker = InboxWorker(
+        services.uows, app, clock, on_processed=bot.on_processed, on_idle=heap.idle
+    )
     # the Application's bot polls through its own request object, which only `.request` sets
     poller = Bot(TOKEN, request=DoubleRequest(double), get_updates_request=DoubleRequest(double))
     await poller.initialize()
     bot.receiver = Receiver(poller, services.uows, bot.on_stored, clock=clock, timeout=5)
-    gc.collect()
-    gc.freeze()  # as `qunban run` does once it has started
+    heap.settle()  # as `qunban run` does once it has started
     bot.tasks = [
         asyncio.create_task(bot.receiver.run()),
         asyncio.create_task(bot.worker.run(idle=0.5)),

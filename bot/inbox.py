@@ -138,6 +138,7 @@ class InboxWorker:
         batch: int = 100,
         on_processed: Callable[[], object] | None = None,
         on_pass: Callable[[], Awaitable[object]] | None = None,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         self._uows = uows
         self._app = app
@@ -147,6 +148,7 @@ class InboxWorker:
         self._batch = batch
         self._on_processed = on_processed
         self._on_pass = on_pass  # a heartbeat: the worker is alive and the database answers
+        self._on_idle = on_idle  # the inbox is empty and nothing new has come meanwhile
         # a failed update holds back its chat (or itself, when it has none) until then
         self._held_chats: dict[int, datetime] = {}
         self._held_updates: dict[int, datetime] = {}
@@ -201,6 +203,8 @@ class InboxWorker:
                 pause = idle
                 if self._on_pass is not None:
                     await self._on_pass()
+                if self._on_idle is not None and not self._wake.is_set():
+                    self._on_idle()
             except Exception as error:
                 pause = min(max(pause * 2, idle), 30.0)
                 if isinstance(error, DatabaseAwayError) or is_transient(error):

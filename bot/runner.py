@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from telegram.error import InvalidToken, NetworkError, RetryAfter
 from bot.app import Services, build_application, build_services, publish_menu
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
+from bot.heap import Heap
 from bot.heartbeats import RECEIVER, WORKER
 from bot.inbox import InboxWorker
 from bot.logs import setup_logging
@@ -110,6 +110,7 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
         await publish_menu(app)
         await app.start()  # the job queue
         metrics = services.ops.metrics
+        heap = Heap()
 
         def handled() -> None:
             metrics.updates_handled.inc()
@@ -121,13 +122,13 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
             clock,
             on_processed=handled,
             on_pass=lambda: services.ops.beat(WORKER),
+            on_idle=heap.idle,
         )
         parts = Running(services, app, worker)
         idle = max(settings.send_every.total_seconds(), 0.05)
         # what start-up built lives as long as the process: the collector need not walk it
         # again, which took a full collection from ~65 ms to ~8 ms (a reply held that long)
-        gc.collect()
-        gc.freeze()
+        heap.settle()
         parts.tasks["worker"] = asyncio.create_task(worker.run(), name="inbox worker")
         parts.tasks["sender"] = asyncio.create_task(
             services.sender.run(app.bot, idle=idle), name="outbox sender"

@@ -508,3 +508,32 @@ async def test_run_processes_on_wake_and_stops_after_the_update_in_hand(shared_e
         await asyncio.wait_for(task, 5)
     assert (await inbox_row(uows, 80)).processed
     assert not (await inbox_row(uows, 81)).processed
+
+
+async def test_the_idle_hook_runs_only_when_nothing_came_in_during_the_pass(shared_engine, clock):
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    harness = Harness(uows, clock, None)  # type: ignore[arg-type]
+    idles: list[list[int]] = []
+    worker = harness.worker(on_idle=lambda: idles.append(list(handled)))
+    handled: list[int] = []
+
+    async def note(update: Update, context: Any) -> None:
+        handled.append(update.update_id)
+        if update.update_id == 90:  # something new is stored while this one is in hand
+            await store(uows, [message(91, "x")], clock=clock)
+            worker.wake()
+
+    harness.on_text(note)
+    async with harness.app:
+        task = asyncio.create_task(worker.run(idle=60))
+        await store(uows, [message(90, "x")], clock=clock)
+        worker.wake()
+        for _ in range(200):
+            if idles and idles[-1] == [90, 91]:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+    # the pass that handled 90 ended with 91 waiting: no idle moment until 91 was done too
+    assert [90] not in idles
+    assert idles[-1] == [90, 91]
