@@ -12,7 +12,7 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.markup import split_html
 from bot.services.views import EventView, TicketView
-from storage.tables import Outbox, OutboxState, Person, Role, Ticket
+from storage.tables import OutboxState, Person, Role, Ticket
 from storage.uow import UnitOfWork
 
 
@@ -26,6 +26,34 @@ class Origin:
 
 def _markup(rows: list[list[dict[str, str]]]) -> dict[str, Any] | None:
     return {"inline_keyboard": rows} if rows else None
+
+
+def outbox_row(
+    chat_id: int,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    method: str = "sendMessage",
+    ticket_id: int | None = None,
+    person_id: int | None = None,
+    dedupe_key: str | None = None,
+    is_card: bool = False,
+) -> dict[str, Any]:
+    """One outbox row as plain values; every row has the same keys, so a transaction's rows
+    go in one executemany."""
+    return {
+        "chat_id": chat_id,
+        "method": method,
+        "payload": payload,
+        "ticket_id": ticket_id,
+        "person_id": person_id,
+        "dedupe_key": dedupe_key,
+        "is_card": is_card,
+        "state": OutboxState.PENDING,
+        "created_at": now,
+        "not_before": now,
+        "attempts": 0,
+    }
 
 
 def outbox_values(
@@ -55,19 +83,15 @@ def outbox_values(
             }
         key = f"{dedupe_key}:{index}" if dedupe_key and len(chunks) > 1 else dedupe_key
         rows.append(
-            {
-                "chat_id": chat_id,
-                "method": "sendMessage",
-                "payload": payload,
-                "ticket_id": ticket_id,
-                "person_id": person_id,
-                "dedupe_key": key,
-                "is_card": is_card and index == 0,
-                "state": OutboxState.PENDING,
-                "created_at": now,
-                "not_before": now,
-                "attempts": 0,
-            }
+            outbox_row(
+                chat_id,
+                payload,
+                now=now,
+                ticket_id=ticket_id,
+                person_id=person_id,
+                dedupe_key=key,
+                is_card=is_card and index == 0,
+            )
         )
     return rows
 
@@ -90,11 +114,11 @@ class Notifier:
         reply_to: int | None = None,
         dedupe_key: str | None = None,
         is_card: bool = False,
-    ) -> list[Outbox]:
-        """Queue a message, split when longer than Telegram allows; buttons on the last part."""
-        rows = [
-            Outbox(**values)
-            for values in outbox_values(
+    ) -> None:
+        """Queue a message, split when longer than Telegram allows; buttons on the last part.
+        The rows are written with the unit of work's others, in one statement."""
+        uow.queue_outbox(
+            outbox_values(
                 chat_id,
                 html,
                 now=self._clock.now(),
@@ -105,10 +129,7 @@ class Notifier:
                 dedupe_key=dedupe_key,
                 is_card=is_card,
             )
-        ]
-        for row in rows:
-            uow.outbox.add(row)
-        return rows
+        )
 
     async def card(
         self,
@@ -117,13 +138,17 @@ class Notifier:
         view: TicketView,
         lang: str,
         reply_to: int | None = None,
+        new: bool = False,
     ) -> None:
-        """Post the ticket's card in its group, or edit the one already there."""
+        """Post the ticket's card in its group, or edit the one already there. `new`: the
+        ticket was made in this unit of work, so it has no card yet."""
         if ticket.group_chat_id is None:
             return
         html = texts.card(lang, self._tz, view)
         buttons = texts.card_buttons(lang, view)
-        first = ticket.card_message_id is None and not await uow.outbox.card_queued(ticket.id)  # type: ignore[arg-type]
+        first = new or (
+            ticket.card_message_id is None and not await uow.card_queued(ticket.id)  # type: ignore[arg-type]
+        )
         if first:
             self.message(
                 uow,
@@ -135,18 +160,18 @@ class Notifier:
                 is_card=True,
             )
             return
-        now = self._clock.now()
         payload: dict[str, Any] = {"card_of": ticket.id, "text": html, "parse_mode": "HTML"}
         payload["reply_markup"] = _markup(buttons) or {"inline_keyboard": []}
-        uow.outbox.add(
-            Outbox(
-                chat_id=ticket.group_chat_id,
-                method="editMessageText",
-                payload=payload,
-                ticket_id=ticket.id,
-                created_at=now,
-                not_before=now,
-            )
+        uow.queue_outbox(
+            [
+                outbox_row(
+                    ticket.group_chat_id,
+                    payload,
+                    now=self._clock.now(),
+                    method="editMessageText",
+                    ticket_id=ticket.id,
+                )
+            ]
         )
 
     def direct(

@@ -10,6 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,8 +24,11 @@ from storage.repositories import (
     ScheduleRepository,
     TicketRepository,
 )
+from storage.tables import Outbox
 
 log = logging.getLogger(__name__)
+
+_QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -68,6 +72,7 @@ class UnitOfWork:
         self._marks_update = marks_update
         self._committed = False
         self._writers = None if readonly else writers
+        self._outbox: list[dict[str, Any]] = []  # queued messages, written at the commit
 
     async def __aenter__(self) -> Self:
         if self._writers is not None:
@@ -107,6 +112,23 @@ class UnitOfWork:
                 if self._writers is not None:
                     self._writers.release()
 
+    def queue_outbox(self, rows: list[dict[str, Any]]) -> None:
+        """Outbox rows as plain values (`bot.notify.outbox_row`), written in call order with
+        the transaction's other messages in one executemany, at the commit."""
+        self._outbox.extend(rows)
+
+    async def card_queued(self, ticket_id: int) -> bool:
+        """Whether the ticket's card is queued, in this unit of work or already stored."""
+        if any(row["is_card"] and row["ticket_id"] == ticket_id for row in self._outbox):
+            return True
+        return await self.outbox.card_queued(ticket_id)
+
+    async def _write_outbox(self) -> None:
+        if self._outbox:
+            rows, self._outbox = self._outbox, []
+            await self.session.flush()  # the rows they may refer to
+            await self.session.exec(_QUEUE_OUTBOX, params=rows)  # type: ignore[call-overload]
+
     @property
     def dialect(self) -> str:
         return self.session.bind.dialect.name  # type: ignore[union-attr]
@@ -117,6 +139,7 @@ class UnitOfWork:
         Raises UpdateAlreadyProcessedError (and rolls back) when the update was processed
         elsewhere meanwhile: its effect is already in the database.
         """
+        await self._write_outbox()
         mark = current_update.get() if self._marks_update and not self._readonly else None
         if mark is None or mark.closed:
             await self.session.commit()
@@ -137,6 +160,7 @@ class UnitOfWork:
         mark.marked = True
 
     async def flush(self) -> None:
+        """The rows changed so far (queued messages wait for the commit)."""
         await self.session.flush()
 
 

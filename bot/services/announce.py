@@ -23,8 +23,11 @@ async def announce(
     event: TicketEvent,
     actor: Person | None,
     origin: Origin | None,
+    *,
+    new: bool = False,
 ) -> None:
-    """Queue everything people should learn from this event, in the same transaction."""
+    """Queue everything people should learn from this event, in the same transaction;
+    `new`: the ticket was made in this one."""
     view = await org.view(uow, ticket)
     names = {actor.id: actor.name} if actor else {}
     line = EventView(
@@ -40,7 +43,7 @@ async def announce(
     in_group = origin is not None and origin.chat_id == ticket.group_chat_id
     reply_to = origin.message_id if in_group and origin else None
     if event.kind == "report":
-        await notify.card(uow, ticket, view, group_lang, reply_to=reply_to)
+        await notify.card(uow, ticket, view, group_lang, reply_to=reply_to, new=new)
     elif not (
         event.kind == "assign" and event.actor_id is None and ticket.card_message_id is None
     ):

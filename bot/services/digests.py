@@ -18,11 +18,11 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.errors import LeadersOnlyError, NotRegisteredError, UsageError
 from bot.markup import clip, escape
-from bot.notify import Notifier
+from bot.notify import Notifier, outbox_row
 from bot.services import digest_queries as q
 from bot.services.nudges import IGNORABLE_RUNGS
 from bot.services.org import working_span
-from storage.tables import DigestRun, Outbox, Person, Region, Role
+from storage.tables import DigestRun, Person, Region, Role
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -408,15 +408,8 @@ class DigestService:
             "parse_mode": "HTML",
             "filename": "ranking.png",
         }
-        uow.outbox.add(
-            Outbox(
-                chat_id=chat,  # type: ignore[arg-type]
-                method="sendPhoto",
-                payload=payload,
-                person_id=item.leader_id,
-                created_at=now,
-                not_before=now,
-            )
+        uow.queue_outbox(
+            [outbox_row(chat, payload, now=now, method="sendPhoto", person_id=item.leader_id)]  # type: ignore[arg-type]
         )
 
     # ---- what ---------------------------------------------------------------------------

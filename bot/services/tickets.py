@@ -105,20 +105,22 @@ class TicketService:
                 created_at=now,
                 last_activity_at=now,
             )
-            uow.tickets.add(ticket)
-            await uow.flush()
-            event = self._append(uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now)
-            await uow.flush()
-            self._attach(uow, ticket, event, attachments, now)
             routed, why = await self._route(uow, ticket, text, category)
-            auto = None
+            move = None
             if routed is not None:
+                # the ticket is written once, already where the routing rules sent it
                 move = flow.decide(
                     self._facts(ticket), Action.ASSIGN, flow.SYSTEM, department_id=routed
                 )
-                auto = await self._record(uow, ticket, move, None, why, now)
+                self._apply(ticket, move, now)
+            uow.tickets.add(ticket)
+            await uow.flush()
+            event = self._append(uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now)
+            auto = None if move is None else self._append_move(uow, ticket, move, None, why, now)
+            await uow.flush()
+            self._attach(uow, ticket, event, attachments, now)
             # one card, already showing where the routing rules sent it
-            await self._after(uow, ticket, event, person, Origin(chat_id, message_id))
+            await self._after(uow, ticket, event, person, Origin(chat_id, message_id), new=True)
             if auto is not None:
                 await self._after(uow, ticket, auto, None, None)
             view = await self.org.view(uow, ticket)
@@ -346,6 +348,15 @@ class TicketService:
         now: Any,
     ) -> TicketEvent:
         """Write the new facts onto the ticket and append the event that explains them."""
+        self._apply(ticket, move, now)
+        event = self._append_move(uow, ticket, move, actor_id, note, now)
+        if actor_id is not None:
+            # a person acting answers the reminders; the scheduler's own moves do not
+            await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
+        await uow.flush()
+        return event
+
+    def _apply(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
         after = move.after
         ticket.state = after.state
         ticket.department_id = after.department_id
@@ -357,22 +368,27 @@ class TicketService:
         ticket.rating = after.rating
         ticket.version += 1
         self._stamp(ticket, move, now)
-        event = self._append(
+
+    def _append_move(
+        self,
+        uow: UnitOfWork,
+        ticket: Ticket,
+        move: flow.Move,
+        actor_id: int | None,
+        note: str | None,
+        now: Any,
+    ) -> TicketEvent:
+        return self._append(
             uow,
             ticket,
             move.action.value,
             actor_id,
             move.before.state,
-            after.state,
+            move.after.state,
             note,
             move.data,
             now,
         )
-        if actor_id is not None:
-            # a person acting answers the reminders; the scheduler's own moves do not
-            await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
-        await uow.flush()
-        return event
 
     def _stamp(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
         action = move.action
@@ -454,11 +470,13 @@ class TicketService:
         event: TicketEvent,
         person: Person | None,
         origin: Origin | None,
+        *,
+        new: bool = False,
     ) -> None:
         from bot.services.announce import announce
 
         await uow.flush()
-        await announce(uow, self._notify, self.org, ticket, event, person, origin)
+        await announce(uow, self._notify, self.org, ticket, event, person, origin, new=new)
 
     async def _actor(self, uow: UnitOfWork, telegram_id: int) -> tuple[Person, Actor]:
         person = await uow.org.person_by_telegram(telegram_id)

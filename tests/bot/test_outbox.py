@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
+from sqlmodel import func, select
 from telegram import Bot
 
 from bot.calendar import load_calendar
@@ -97,13 +97,17 @@ class Env:
     ) -> list[int]:
         """Queue messages as the services do, through the notifier, in one transaction."""
         async with self.uows() as uow:
-            rows = [
-                row
-                for text in texts
-                for row in self.notifier.message(uow, chat_id, text, person_id=person_id)
-            ]
+            before = (await uow.session.exec(select(func.max(Outbox.id)))).one() or 0
+            for text in texts:
+                self.notifier.message(uow, chat_id, text, person_id=person_id)
             await uow.commit()
-        return [row.id for row in rows]  # type: ignore[misc]
+        async with self.uows(readonly=True) as uow:
+            query = (
+                select(Outbox.id)
+                .where(Outbox.id > before, Outbox.chat_id == chat_id)
+                .order_by(Outbox.id)
+            )
+            return list((await uow.session.exec(query)).all())  # type: ignore[arg-type]
 
     async def add(self, row: Outbox) -> int:
         async with self.uows() as uow:

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bot import texts
 from bot.markup import tokens, utf16_len, visible_text
-from bot.notify import Origin
+from bot.notify import Notifier, Origin
 from bot.tickets import Action
 from storage.tables import Outbox
 from tests.factories import COUNTY_GROUP, GROUP
@@ -311,3 +312,24 @@ async def test_a_ten_thousand_character_report_gives_a_card_within_the_limit(
     )
     [card] = told.cards
     assert_sendable([card])
+
+
+async def test_a_card_queued_earlier_in_the_same_transaction_is_edited_not_posted_twice(
+    tickets, flow, uows, settings, clock
+):
+    number = await flow.reported()
+    async with uows() as uow:
+        await uow.session.exec(sa.delete(Outbox))  # as if the card had never been queued
+        await uow.commit()
+    notify = Notifier(settings, clock)
+    async with uows() as uow:
+        ticket = await uow.tickets.get(number)
+        view = await tickets.org.view(uow, ticket)
+        await notify.card(uow, ticket, view, "en")
+        await notify.card(uow, ticket, view, "en")  # the first is not written yet
+        await uow.commit()
+    rows = await flow.outbox()
+    assert [(r.method, r.is_card) for r in rows] == [
+        ("sendMessage", True),
+        ("editMessageText", False),
+    ]

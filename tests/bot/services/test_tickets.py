@@ -44,6 +44,39 @@ async def test_a_report_naming_one_departments_keywords_goes_to_that_department(
     assert (await flow.ticket(view.number)).due_at is not None
 
 
+async def test_a_routed_report_is_written_once_with_its_messages_in_one_statement(
+    tickets, flow, engine
+):
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]).upper())
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        outcome = await tickets.report(
+            flow.org["acme_boss"], "We cannot print an invoice 发票", chat_id=GROUP, message_id=1
+        )
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert outcome.ticket.state is S.ASSIGNED
+    writes = [s for s in statements if s.startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert writes == [
+        "INSERT INTO TICKET",
+        "INSERT INTO TICKETEVENT",
+        "INSERT INTO OUTBOX",
+    ]
+    stored = await flow.ticket(outcome.ticket.number)
+    assert (stored.state, stored.version, stored.due_at is not None) == (S.ASSIGNED, 2, True)
+    # the card first (answering the report), then a private note to each tax official
+    rows = await flow.outbox()
+    assert (rows[0].is_card, rows[0].chat_id) == (True, GROUP)
+    assert rows[0].payload["reply_parameters"]["message_id"] == 1
+    assert all(not r.is_card and r.chat_id != GROUP for r in rows[1:])
+    assert len(rows) > 1
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+
+
 async def test_a_report_naming_two_departments_keywords_stays_for_the_coordinator(tickets, flow):
     outcome = await tickets.report(
         flow.org["acme_boss"], "税 and the business license", chat_id=GROUP, message_id=1
