@@ -69,11 +69,11 @@ class FirstPoll(TimedDouble):
         self.polled = asyncio.Event()
         self.polled_at = 0.0
 
-    async def call(self, method: str, params: Any = None) -> Any:
+    async def call(self, method: str, params: Any = None, **kw: Any) -> Any:
         if method.lower() == "getupdates" and not self.polled.is_set():
             self.polled_at = time.perf_counter()
             self.polled.set()
-        return await super().call(method, params)
+        return await super().call(method, params, **kw)
 
 
 async def _cold_start(url: str, cwd: Path) -> tuple[float, float]:

@@ -837,8 +837,12 @@ class TeleDouble:
 
     # ----------------------------------------------------------------- dispatch
 
-    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
-        """Run one Bot API method; raises ApiError or ResponseDropped like the wire would."""
+    async def call(
+        self, method: str, params: Mapping[str, Any] | None = None, *, shared: bool = False
+    ) -> Any:
+        """Run one Bot API method; raises ApiError or ResponseDropped like the wire would.
+        `shared`: the answer may share parts with the double's records (for `respond`, whose
+        callers only serialize it); otherwise it is the caller's own copy."""
         name = method.lower()
         args = normalize_params(params or {})
         self.calls.append(CallRecord(method, _jsonable(args), self.now()))
@@ -854,7 +858,7 @@ class TeleDouble:
             for record in self.sent[marks[0] :] + self.edits[marks[1] :]:
                 record.response_dropped = True
             raise ResponseDropped(delivered=True)
-        return copy.deepcopy(result)
+        return result if shared else copy.deepcopy(result)
 
     @staticmethod
     async def _run(handler: Handler, args: JSON) -> Any:
@@ -868,9 +872,10 @@ class TeleDouble:
     async def respond(
         self, method: str, params: Mapping[str, Any] | None = None
     ) -> tuple[int, JSON]:
-        """The HTTP status and JSON body Telegram would answer with."""
+        """The HTTP status and JSON body Telegram would answer with: to be serialized, not
+        kept or changed (it may share parts with the double's own records)."""
         try:
-            result = await self.call(method, params)
+            result = await self.call(method, params, shared=True)
         except ApiError as exc:
             return exc.error_code, exc.to_json()
         return 200, {"ok": True, "result": result}

@@ -39,10 +39,10 @@ class WatchedDouble(TeleDouble):
         self.arrivals: Counter[str] = Counter()
         self._arrived = asyncio.Event()
 
-    async def call(self, method: str, params: Any = None) -> Any:
+    async def call(self, method: str, params: Any = None, **kw: Any) -> Any:
         self.arrivals[method] += 1
         self._arrived.set()
-        return await super().call(method, params)
+        return await super().call(method, params, **kw)
 
     async def arrived(self, method: str, n: int = 1) -> None:
         while self.arrivals[method] < n:

@@ -45,13 +45,13 @@ class LedgerDouble(TeleDouble):
         self.in_flight: dict[str, int] = {}  # calls received and not yet answered
         self._changed = asyncio.Event()
 
-    async def call(self, method: str, params: Any = None) -> Any:
+    async def call(self, method: str, params: Any = None, **kw: Any) -> Any:
         self.arrivals[method] = self.arrivals.get(method, 0) + 1
         self.in_flight[method] = self.in_flight.get(method, 0) + 1
         try:
             if self.on_call is not None:
                 self.on_call(method, dict(params or {}))
-            return await super().call(method, params)
+            return await super().call(method, params, **kw)
         finally:
             self.in_flight[method] -= 1
             self._changed.set()
