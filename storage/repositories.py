@@ -66,7 +66,12 @@ class OrgRepository(_Repository):
         # chat forgets them all.
         self._known: dict[tuple[Any, ...], Any] = {}
 
-    async def _once(self, key: tuple[Any, ...], read: Callable[[], Awaitable[Any]]) -> Any:
+    async def _once(
+        self, key: tuple[Any, ...], read: Callable[[], Awaitable[Any]], *, attach: bool = True
+    ) -> Any:
+        """`attach=False`: a kept answer comes as the cache's own snapshots, not copied into
+        this session, for rows only read (copying each of a county's departments cost more
+        than the rest of a report's lookups)."""
         if key in self._known:
             return self._known[key]
         shared = self._shared
@@ -75,7 +80,9 @@ class OrgRepository(_Repository):
             return value
         kept = shared.get(key)
         if kept is not MISSING:
-            value = self._known[key] = shared.attach(kept, self.session.sync_session)
+            if attach:
+                kept = shared.attach(kept, self.session.sync_session)
+            value = self._known[key] = kept
             return value
         read_in = shared.generation
         value = self._known[key] = await read()
@@ -98,8 +105,10 @@ class OrgRepository(_Repository):
     async def _all(self, query: Any) -> Sequence[Any]:
         return (await self.session.exec(query)).all()
 
-    async def _all_once(self, key: tuple[Any, ...], query: Callable[[], Any]) -> Sequence[Any]:
-        return await self._once(key, lambda: self._all(query()))
+    async def _all_once(
+        self, key: tuple[Any, ...], query: Callable[[], Any], *, attach: bool = True
+    ) -> Sequence[Any]:
+        return await self._once(key, lambda: self._all(query()), attach=attach)
 
     async def _first_once(self, key: tuple[Any, ...], query: Callable[[], Any]) -> Any:
         return await self._once(key, lambda: self._first(query()))
@@ -138,6 +147,7 @@ class OrgRepository(_Repository):
         return (await self.session.exec(select(Department).where(Department.code == code))).first()
 
     async def departments_in(self, region_ids: Sequence[int]) -> Sequence[Department]:
+        """The departments serving these regions: rows to read, not to change."""
         return await self._all_once(
             ("departments_in", *region_ids),
             lambda: (
@@ -145,6 +155,7 @@ class OrgRepository(_Repository):
                 .where(col(Department.region_id).in_(region_ids))
                 .order_by(Department.id)
             ),
+            attach=False,
         )
 
     async def all_departments(self) -> Sequence[Department]:
@@ -188,13 +199,15 @@ class OrgRepository(_Repository):
     async def officials_of(
         self, department_id: int, *, heads_only: bool = False
     ) -> Sequence[Person]:
+        """The department's active officials: rows to read, not to change."""
+
         def query() -> Any:
             found = select(Person).where(
                 Person.department_id == department_id, Person.role == Role.OFFICIAL, Person.active
             )
             return (found.where(Person.is_head) if heads_only else found).order_by(Person.id)
 
-        return await self._all_once(("officials", department_id, heads_only), query)
+        return await self._all_once(("officials", department_id, heads_only), query, attach=False)
 
     async def people_to_nudge(
         self, person_ids: Sequence[int], department_ids: Sequence[int], roles: Sequence[Role]
@@ -702,11 +715,23 @@ class OutboxRepository(_Repository):
             # next ones tried instead
             wanted = order[tried : tried + chats - won]
             tried += len(wanted)
-            target = t.c.id.in_([i for chat in wanted for i in runs[chat]])
+            ids = [i for chat in wanted for i in runs[chat]]
             if skip_locked:
-                locked = sa.select(t.c.id).where(target).with_for_update(skip_locked=True)
-                target = t.c.id.in_(locked.scalar_subquery())
-            leased = sa.update(t).where(target, t.c.state == OutboxState.PENDING, free)
+                # the rows are found by their ids, whatever the planner believes of the
+                # queue: with the statistics of a queue that was short until a moment ago,
+                # it had scanned the pending rows once for each id (a second for 2,000 rows)
+                locked = (
+                    sa.select(t.c.id)
+                    .where(t.c.id == sa.any_(sa.bindparam("ids", ids, type_=_IDS)))
+                    .where(t.c.state == OutboxState.PENDING, free)
+                    .with_for_update(skip_locked=True)
+                    .cte("locked")
+                )
+                leased = sa.update(t).where(t.c.id == locked.c.id)
+            else:
+                leased = sa.update(t).where(
+                    t.c.id.in_(ids), t.c.state == OutboxState.PENDING, free
+                )
             leased = leased.values(lease_owner=owner, lease_until=until).returning(*columns)
             got = {row.id: row for row in await self._rows(leased)}
             for chat in wanted:
@@ -740,6 +765,8 @@ class OutboxRepository(_Repository):
         )
         return (await self.session.exec(query.limit(1))).first() is not None
 
+
+_IDS = sa_postgresql.ARRAY(sa.Integer)
 
 # built once: the sender runs it for every message
 _MARK_SENT = (

@@ -144,3 +144,23 @@ async def test_a_change_through_plain_sql_forgets_everything(engine, uows, ticki
     async with engine.begin() as conn:
         await conn.exec_driver_sql("UPDATE person SET language = 'en'")
     assert await _language(uows, org["tax_clerk"]) == "en"
+
+
+async def test_rows_only_read_are_shared_without_joining_the_session(uows, ticking):
+    org = await build_org(uows)
+    tax, city = org.depts["tax"], org.regions["city"]
+    async with uows(readonly=True) as uow:
+        first = [(p.id, p.name) for p in await uow.org.officials_of(tax)]
+        await uow.org.departments_in([city])
+    async with uows() as uow:
+        officials = await uow.org.officials_of(tax)
+        assert [(p.id, p.name) for p in officials] == first
+        assert not any(p in uow.session for p in officials)  # the cache's own, not copied
+        department = await uow.org.department(tax)
+        assert department is not None
+        assert department in uow.session  # a row that may be changed is the session's
+        department.keywords = ["海关"]
+        await uow.commit()
+    async with uows(readonly=True) as uow:
+        [seen] = [d for d in await uow.org.departments_in([city]) if d.id == tax]
+        assert seen.keywords == ["海关"]
