@@ -291,17 +291,24 @@ class TicketRepository(_Repository):
             query = query.with_for_update()
         return (await self.session.exec(query)).first()
 
-    async def by_source(self, chat_id: int, message_id: int) -> Ticket | None:
-        query = select(Ticket).where(
-            Ticket.source_chat_id == chat_id, Ticket.source_message_id == message_id
+    async def intake_check(
+        self, chat_id: int, message_id: int | None, reporter_id: int, since: datetime
+    ) -> tuple[Ticket | None, int]:
+        """The ticket already filed from this message (if any), and how many reports the
+        person has filed since then: one statement for both questions every report asks."""
+        filed = (
+            select(Ticket.id)
+            .where(Ticket.source_chat_id == chat_id, Ticket.source_message_id == message_id)
+            .scalar_subquery()
         )
-        return (await self.session.exec(query)).first()
-
-    async def reports_since(self, reporter_id: int, since: datetime) -> int:
-        query = select(sa.func.count()).where(
-            Ticket.reporter_id == reporter_id, Ticket.created_at >= since
+        recent = (
+            select(sa.func.count())
+            .where(Ticket.reporter_id == reporter_id, Ticket.created_at >= since)
+            .scalar_subquery()
         )
-        return (await self.session.exec(query)).one()
+        query = select(filed if message_id is not None else sa.null(), recent)  # type: ignore[call-overload]
+        known, count = (await self.session.exec(query)).one()
+        return (await self.get(known) if known is not None else None), count
 
     async def listing(
         self,

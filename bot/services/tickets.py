@@ -77,18 +77,18 @@ class TicketService:
         now = self._clock.now()
         async with self._uows() as uow:
             person, _ = await self._actor(uow, telegram_id)
-            if message_id is not None and (
-                known := await uow.tickets.by_source(chat_id, message_id)
-            ):
+            known, recent = await uow.tickets.intake_check(
+                chat_id,
+                message_id,
+                person.id,  # type: ignore[arg-type]
+                now - timedelta(hours=1),
+            )
+            if known is not None:
                 return Outcome(await self.org.view(uow, known), "report", created=False)
             if person.role != Role.ENTERPRISE or person.enterprise_id is None:
                 raise InvalidTransitionError("role", number="—", action="report")
             region_id, group_chat = await self._intake_place(uow, person, chat_id, private)
-            since = now - timedelta(hours=1)
-            if (
-                await uow.tickets.reports_since(person.id, since)
-                >= self._settings.report_limit_per_hour
-            ):  # type: ignore[arg-type]
+            if recent >= self._settings.report_limit_per_hour:  # type: ignore[operator]
                 raise RateLimitedError(limit=self._settings.report_limit_per_hour)
             ticket = Ticket(
                 state=S.REPORTED,
