@@ -151,7 +151,9 @@ def _throughput(name: str, engine: str, n: int, floors: tuple[list[float], list[
     note = (
         "floor: a bare PTB Application decoding each update, replying, and making one SQLModel "
         "insert and commit (SQLite through aiosqlite; floor_inline_updates_per_s is the same "
-        "Application on the driver Qunban runs SQLite with), run just before each timed run; "
+        "Application on the driver Qunban runs SQLite with), run just before each timed run, in "
+        "this process and so with the collector settings `qunban run` uses (under Python's "
+        "defaults its full passes over this process's objects cost it a third of its rate); "
         "ratio: the median of those pairs. The figure counts updates whose effect and replies "
         "are committed (to the outbox) while the sender runs; drained_updates_per_s waits for "
         "every reply to reach the Bot API as well"
