@@ -163,3 +163,13 @@ async def build_org(uows: UnitOfWorkFactory) -> Org:
         await uow.commit()
         org.ids = {k: v.telegram_id for k, v in people.items()}  # type: ignore[misc]
     return org
+
+
+class Ticking:
+    """A monotonic clock in seconds that only moves when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -9,14 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from bot.heap import BACKSTOP, Heap
-
-
-class Ticking:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Ticking
 
 
 @pytest.fixture

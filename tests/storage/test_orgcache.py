@@ -13,15 +13,7 @@ from storage.db import create_schema, make_engine, make_session_factory
 from storage.orgcache import KEEP_SECONDS, org_cache_for
 from storage.tables import Person
 from storage.uow import UnitOfWorkFactory
-from tests.factories import build_org
-
-
-class Ticking:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.factories import Ticking, build_org
 
 
 @pytest.fixture
