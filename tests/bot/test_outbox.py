@@ -214,12 +214,18 @@ async def env(uows: UnitOfWorkFactory) -> AsyncIterator[Env]:
         yield env
 
 
-async def card_posted(env: Env, sender: OutboxSender, chat: int = GROUP) -> tuple[int, int]:
-    """A report filed in the group and its card sent: (ticket number, card message id)."""
+async def card_posted(
+    env: Env, sender: OutboxSender, chat: int = GROUP, *, bot: Bot | None = None
+) -> tuple[int, int]:
+    """A report filed in the group and its card sent: (ticket number, card message id).
+    With `bot`, one drain through that bot rather than the environment's settling."""
     outcome = await env.tickets.report(
         env.org["beta_boss"], "The roof of hall 3 leaks", chat_id=chat, message_id=11
     )
-    await env.settle(sender)
+    if bot is None:
+        await env.settle(sender)
+    else:
+        await sender.drain(bot)
     ticket = await env.ticket(outcome.ticket.number)
     assert ticket.card_message_id is not None
     return outcome.ticket.number, ticket.card_message_id

@@ -15,7 +15,6 @@ import pytest
 from telegram import Bot
 from telegram.ext import Defaults, ExtBot
 
-from bot.outbox import OutboxSender
 from bot.teledouble import DoubleRequest
 from storage.tables import Outbox, OutboxState
 from storage.uow import UnitOfWorkFactory
@@ -126,7 +125,7 @@ async def test_a_plain_bots_card_edit_names_the_card_and_not_the_rows_own_fields
 async def test_a_bot_with_defaults_gets_them_and_its_answers_are_recorded_the_same(env):
     async with typed_bot(env) as bot:
         sender = env.sender(limits=None)
-        number, card_id = await card_posted_with(env, sender, bot)
+        number, card_id = await card_posted(env, sender, bot=bot)
         edit = await env.add(edit_row(number, f"<b>#{number}</b> 已交办"))
         sent = await env.add(row(COUNTY_GROUP, {"text": "hello", "reply_markup": BUTTONS}))
         report = await sender.drain(bot)
@@ -141,16 +140,6 @@ async def test_a_bot_with_defaults_gets_them_and_its_answers_are_recorded_the_sa
     assert (await env.row(edit)).sent_message_id == card_id
 
 
-async def card_posted_with(env: Env, sender: OutboxSender, bot: Bot) -> tuple[int, int]:
-    outcome = await env.tickets.report(
-        env.org["beta_boss"], "The roof of hall 3 leaks", chat_id=GROUP, message_id=11
-    )
-    await sender.drain(bot)
-    ticket = await env.ticket(outcome.ticket.number)
-    assert ticket.card_message_id is not None
-    return outcome.ticket.number, ticket.card_message_id
-
-
 @pytest.mark.parametrize("way", ["plain", "typed"])
 async def test_telegrams_refusals_mean_the_same_on_either_way(env, way):
     """429 waits the chat out, a 403 gives up and marks the person, an unparsable text gives
@@ -160,7 +149,7 @@ async def test_telegrams_refusals_mean_the_same_on_either_way(env, way):
     async with typed_bot(env) as typed:
         bot = env.bot if way == "plain" else typed
         sender = env.sender(limits=None, lanes=1)
-        number, card_id = await card_posted_with(env, sender, bot)
+        number, card_id = await card_posted(env, sender, bot=bot)
         env.double.block(clerk)
         env.double.fail_next(1, "429", retry_after=5)
         [limited] = await env.queue(env.org["tax_head"], ["to the head"])
@@ -238,7 +227,7 @@ async def test_the_rows_in_hand_keep_going_out_while_a_claim_waits_for_the_datab
 
     async def in_hand_sent() -> None:
         while any(not env.texts_to(chat) for chat in chats):
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0)  # the sends are in this loop: let them run
 
     await asyncio.wait_for(in_hand_sent(), timeout=30)
     assert not drain.done()  # the claim still waits
