@@ -113,7 +113,12 @@ async def running(url: str, double: TimedDouble):
     await app.initialize()
     heap = Heap()
     bot.worker = InboxWorker(
-        services.uows, app, clock, on_processed=bot.on_processed, on_idle=heap.idle
+        services.uows,
+        app,
+        clock,
+        on_processed=bot.on_processed,
+        on_idle=heap.idle,
+        concurrency=settings.inbox_lanes,
     )
     # the Application's bot polls through its own request object, which only `.request` sets
     poller = Bot(TOKEN, request=DoubleRequest(double), get_updates_request=DoubleRequest(double))

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
         timedelta(seconds=1), description="How often the outbox sender wakes when idle."
     )
     report_limit_per_hour: int = Field(20, description="Reports one person may file per hour.")
+    inbox_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description=(
+            "Updates of different chats handled at once (one chat's always in order); "
+            "unset: 1 on SQLite, 4 on PostgreSQL."
+        ),
+    )
     webhook_url: str | None = Field(None, description="Public URL Telegram posts updates to.")
     webhook_secret: SecretStr | None = Field(None, description="Webhook secret_token.")
     listen_host: str = Field("127.0.0.1", description="Address the HTTP listener binds.")
@@ -146,6 +156,14 @@ class Settings(BaseSettings):
         base = self.telegram_base_url.rstrip("/")
         head, _, tail = base.rpartition("/")
         return f"{head}/file/{tail}"
+
+    @property
+    def inbox_lanes(self) -> int:
+        """How many updates the inbox worker has in hand at once. SQLite runs each statement
+        on the worker's own thread and one writer at a time, so a second lane only waits."""
+        if self.inbox_concurrency is not None:
+            return self.inbox_concurrency
+        return 1 if make_url(self.database_url).get_backend_name() == "sqlite" else 4
 
 
 def load_settings(**overrides: object) -> Settings:

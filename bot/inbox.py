@@ -139,8 +139,11 @@ class InboxWorker:
         on_processed: Callable[[], object] | None = None,
         on_pass: Callable[[], Awaitable[object]] | None = None,
         on_idle: Callable[[], object] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._uows = uows
+        # updates of different chats handled at once; one chat's always one after another
+        self._concurrency = max(1, concurrency)
         self._app = app
         self._clock = clock
         self._max_attempts = max_attempts
@@ -177,21 +180,74 @@ class InboxWorker:
             self._held_updates = {u: when for u, when in self._held_updates.items() if when > now}
             chats, updates = set(self._held_chats), set(self._held_updates)
             rows = await self._pending(chats)
-            progressed = False
-            for row in rows:
-                if self._stopping:
-                    break
-                if row.chat_id in chats or row.update_id in updates:
-                    continue
-                if await self._handle(row, report):
-                    progressed = True
-                elif row.chat_id is not None:
-                    chats.add(row.chat_id)
-                else:
-                    updates.add(row.update_id)
+            if self._concurrency == 1:
+                progressed = await self._lane(rows, chats, updates, report)
+            else:
+                progressed = await self._lanes(rows, chats, updates, report)
             if not progressed or len(rows) < self._batch:
                 break
         return report
+
+    async def _lane(
+        self,
+        rows: Sequence[_Stored],
+        chats: set[int],
+        updates: set[int],
+        report: WorkReport,
+        turn: asyncio.Semaphore | None = None,
+        halted: list[BaseException] | None = None,
+    ) -> bool:
+        """Handle rows one after another, skipping those of a chat a failure holds back;
+        True when any was finished with. `turn`: a slot to hold while handling each;
+        `halted`: the other lanes' errors, which stop this one too."""
+        progressed = False
+        for row in rows:
+            if self._stopping or halted:
+                break
+            if row.chat_id in chats or row.update_id in updates:
+                continue
+            if turn is None:
+                handled = await self._handle(row, report)
+            else:
+                async with turn:
+                    if halted:
+                        break
+                    try:
+                        handled = await self._handle(row, report)
+                    except Exception as error:
+                        assert halted is not None
+                        halted.append(error)
+                        raise
+            if handled:
+                progressed = True
+            elif row.chat_id is not None:
+                chats.add(row.chat_id)
+            else:
+                updates.add(row.update_id)
+        return progressed
+
+    async def _lanes(
+        self, rows: Sequence[_Stored], chats: set[int], updates: set[int], report: WorkReport
+    ) -> bool:
+        """One lane per chat, up to `concurrency` updates in hand at once. While one waits on
+        the database, another's handler runs: on a networked database most of an update's
+        time is round trips. A database outage stops every lane; the first error is raised
+        once all have finished the update in hand."""
+        lanes: dict[object, list[_Stored]] = {}
+        for row in rows:
+            key = row.chat_id if row.chat_id is not None else ("update", row.update_id)
+            lanes.setdefault(key, []).append(row)
+        turn, halted = asyncio.Semaphore(self._concurrency), []
+        outcomes = await asyncio.gather(
+            *(self._lane(lane, chats, updates, report, turn, halted) for lane in lanes.values()),
+            return_exceptions=True,
+        )
+        if halted:
+            raise halted[0]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return any(outcomes)
 
     async def run(self, idle: float = 1.0) -> None:
         """Process until `stop()`: on `wake()`, every `idle` seconds, and when a retry is due."""

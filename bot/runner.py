@@ -123,6 +123,7 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
             on_processed=handled,
             on_pass=lambda: services.ops.beat(WORKER),
             on_idle=heap.idle,
+            concurrency=settings.inbox_lanes,
         )
         parts = Running(services, app, worker)
         idle = max(settings.send_every.total_seconds(), 0.05)

@@ -537,3 +537,121 @@ async def test_the_idle_hook_runs_only_when_nothing_came_in_during_the_pass(shar
     # the pass that handled 90 ended with 91 waiting: no idle moment until 91 was done too
     assert [90] not in idles
     assert idles[-1] == [90, 91]
+
+
+# --------------------------------------------------------------------------- lanes
+
+
+class InHand:
+    """Handlers that note how many updates are in hand at once, each one waiting until
+    `together` of them are (so overlap is shown, not hoped for)."""
+
+    def __init__(self, together: int) -> None:
+        self.now = self.most = 0
+        self.together = together
+        self._full = asyncio.Event()
+
+    async def enter(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        if self.now >= self.together:
+            self._full.set()
+        async with asyncio.timeout(10):  # a guard against a hang, not a measurement
+            await self._full.wait()
+
+    def leave(self) -> None:
+        self.now -= 1
+
+
+async def test_lanes_handle_chats_side_by_side_and_each_chat_in_order(shared_engine, clock):
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    harness = Harness(uows, clock, None)  # type: ignore[arg-type]
+    hand = InHand(together=3)
+
+    async def effect(update: Update, context: Any) -> None:
+        await hand.enter()
+        try:
+            await add_effect(uows, update.update_id)
+        finally:
+            hand.leave()
+
+    harness.on_text(effect)
+    chats = [GROUP, OTHER_GROUP, -1007777777777, -1006666666666, -1005555555555]
+    # chats interleaved, four updates each
+    updates = [message(200 + i, "x", chat=chats[i % 5]) for i in range(20)]
+    await store(uows, updates, clock=clock)
+    async with harness.app:
+        report = await harness.worker(concurrency=3).process_pending()
+    assert report.processed == 20
+    assert hand.most == 3  # as many as allowed, and no more
+    for chat in chats:
+        mine = [u["update_id"] for u in updates if u["message"]["chat"]["id"] == chat]
+        assert [u for c, u in harness.seen if c == chat] == mine
+    for update in updates:
+        assert len(await effects(uows, update["update_id"])) == 1
+    assert harness.final_errors == []
+
+
+async def test_a_failing_update_holds_back_its_chat_while_other_lanes_go_on(shared_engine, clock):
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    harness = Harness(uows, clock, None)  # type: ignore[arg-type]
+
+    async def effect(update: Update, context: Any) -> None:
+        if update.update_id == 300:
+            raise ValueError("this one is broken")
+        await add_effect(uows, update.update_id)
+
+    harness.on_text(effect)
+    updates = [message(300 + i, "x", chat=GROUP if i % 2 == 0 else OTHER_GROUP) for i in range(6)]
+    await store(uows, updates, clock=clock)
+    async with harness.app:
+        report = await harness.worker(concurrency=2).process_pending()
+    assert (report.processed, report.failed) == (3, 1)
+    assert [u for c, u in harness.seen if c == GROUP] == [300]  # 302 and 304 wait behind it
+    assert [u for c, u in harness.seen if c == OTHER_GROUP] == [301, 303, 305]
+    assert [(await inbox_row(uows, i)).processed for i in range(300, 306)] == [
+        False, True, False, True, False, True,
+    ]  # fmt: skip
+
+
+async def test_an_outage_in_one_lane_stops_them_all_and_loses_nothing(shared_engine, clock):
+    uows = UnitOfWorkFactory(make_session_factory(shared_engine))
+    outage = Outage(uows)
+    harness = Harness(outage, clock, None)  # type: ignore[arg-type]
+    in_hand, gone = asyncio.Event(), asyncio.Event()
+
+    async def effect(update: Update, context: Any) -> None:
+        async with asyncio.timeout(10):  # a guard against a hang, not a measurement
+            if update.update_id == 400 and not gone.is_set():
+                await in_hand.wait()  # the other lane has an update in hand too
+                outage.down = True
+                gone.set()
+            elif update.update_id == 401 and not gone.is_set():
+                in_hand.set()
+                await gone.wait()
+        await add_effect(outage, update.update_id)
+
+    harness.on_text(effect)
+    updates = [message(400 + i, "x", chat=GROUP if i % 2 == 0 else OTHER_GROUP) for i in range(6)]
+    await store(uows, updates, clock=clock)
+    worker = InboxWorker(outage, harness.app, clock, concurrency=2)
+    async with harness.app:
+        with pytest.raises(DatabaseAwayError):
+            await worker.process_pending()
+        assert sorted(u for _, u in harness.seen) == [400, 401]  # neither lane went on
+        outage.down = False
+        assert (await worker.process_pending()).processed == 6
+    for update in updates:
+        row = await inbox_row(uows, update["update_id"])
+        assert (row.processed, row.attempts) == (True, 0)
+        assert len(await effects(uows, update["update_id"])) == 1
+    assert harness.final_errors == []
+
+
+def test_lanes_default_to_one_on_sqlite_and_four_on_postgresql():
+    sqlite = load_settings(_env_file=None, database_url="sqlite+aiosqlite:///x.db")
+    pg = load_settings(_env_file=None, database_url="postgresql+asyncpg://u@h/db")
+    assert (sqlite.inbox_lanes, pg.inbox_lanes) == (1, 4)
+    assert load_settings(_env_file=None, inbox_concurrency=2).inbox_lanes == 2
+    with pytest.raises(ValueError, match="inbox_concurrency"):
+        load_settings(_env_file=None, inbox_concurrency=0)
