@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from telegram import Bot, Update
+from telegram import Bot
 from telegram.error import Conflict, NetworkError, RetryAfter, TelegramError
 
 from bot.clock import Clock, SystemClock
@@ -18,6 +18,7 @@ from storage.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
+JSONDict = dict[str, Any]
 T = TypeVar("T")
 
 # What Qunban handles; Telegram leaves chat_member out unless asked (RELIABILITY A12).
@@ -105,23 +106,31 @@ class Receiver:
         await self._keep(updates)
         return len(updates)
 
-    async def _fetch(self) -> tuple[Update, ...]:
-        return await self.bot.get_updates(
-            offset=self.offset,
-            limit=self.limit,
-            timeout=self.timeout,
-            allowed_updates=self.allowed_updates,
-        )
+    async def _fetch(self) -> list[JSONDict]:
+        """The updates exactly as Telegram sent them: the inbox keeps that JSON, which the
+        worker decodes once, rather than PTB's decoding turned back into JSON."""
+        data = {
+            "offset": self.offset,
+            "limit": self.limit,
+            "timeout": self.timeout,
+            "allowed_updates": self.allowed_updates,
+        }
+        # as `Bot.get_updates` does: the long poll may take `timeout` beyond the usual wait
+        waits = self.bot._request[0].read_timeout or 0
+        result = await self.bot._post("getUpdates", data, read_timeout=waits + self.timeout)
+        updates = [u for u in result or [] if isinstance(u, dict) and _numbered(u)]
+        if len(updates) != len(result or []):
+            log.error("getUpdates answered entries without an update_id: %r", result)
+        return updates
 
-    async def _keep(self, updates: tuple[Update, ...]) -> None:
+    async def _keep(self, updates: list[JSONDict]) -> None:
         if not updates:
             self.offset = None  # the offset just sent has confirmed everything before it
             return
-        raw = [update.to_dict() for update in updates]
-        next_offset = max(update.update_id for update in updates) + 1
+        next_offset = max(int(update["update_id"]) for update in updates) + 1
         now = self._clock.now()
         async with self._uows(marks_update=False) as uow:
-            added = await store_in(uow, raw, now)
+            added = await store_in(uow, updates, now)
             await uow.schedule.put_value(OFFSET_KEY, {"offset": next_offset}, now)
             await uow.commit()
         self.offset = next_offset
@@ -201,3 +210,7 @@ class Receiver:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+
+def _numbered(update: JSONDict) -> bool:
+    return isinstance(update.get("update_id"), int) and not isinstance(update["update_id"], bool)

@@ -121,6 +121,30 @@ async def test_updates_are_confirmed_only_after_they_are_stored(tg, double, uows
     assert double.confirmed_offset == ids[-1] + 1
 
 
+async def test_the_inbox_keeps_each_update_as_telegram_sent_it(tg, double, uows, clock):
+    """Fields this PTB does not know yet (and nulls, and key order) survive: the worker of a
+    later version reads what Telegram said, not what this one made of it."""
+    sent = double.push_update(
+        {
+            "message": {
+                "message_id": 7,
+                "date": 1_700_000_000,
+                "chat": {"id": -1001, "type": "supergroup", "title": "<群> & 😀"},
+                "from": {"id": 5, "is_bot": False, "first_name": "P"},
+                "text": "/report 停电 <b>&amp;",
+                "a_field_from_a_later_bot_api": {"nested": [1, None]},
+            },
+            "another_kind_of_update": None,
+        }
+    )
+    assert await make(tg, uows, clock).poll_once() == 1
+    async with uows(readonly=True) as uow:
+        row = await uow.inbox.get(sent["update_id"])
+        assert row is not None
+        assert row.payload == sent
+        assert row.chat_id == -1001
+
+
 async def test_a_batch_that_could_not_be_stored_stays_unconfirmed(
     tg, double, uows, clock, monkeypatch
 ):
