@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import math
@@ -296,6 +297,15 @@ def check_reply_markup(markup: Any) -> JSON | None:
     return {"inline_keyboard": copy.deepcopy(rows)}
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed_html(text: str) -> tuple[str, str]:
+    """A text's visible part and entities (as JSON, so each caller gets its own copy): the
+    same card goes to every official of a department, and parsing is most of a send's cost
+    here."""
+    parsed = parse_html(text)
+    return parsed.text, json.dumps(parsed.entities)
+
+
 def parse_text(
     text: Any, parse_mode: Any, entities: Any, *, limit: int, kind: str = "message"
 ) -> tuple[str, list[JSON]]:
@@ -305,10 +315,10 @@ def parse_text(
     mode = (parse_mode or "").lower()
     if mode == "html":
         try:
-            parsed = parse_html(text)
+            visible, frozen = _parsed_html(text)
         except HtmlParseError as exc:
             raise _bad(f"can't parse entities: {exc}") from exc
-        visible, found = parsed.text, parsed.entities
+        found = json.loads(frozen)
     elif mode in ("", "markdown", "markdownv2"):
         # Markdown is not modelled: Qunban renders HTML only, so the text is taken literally.
         visible, found = text, list(entities or [])

@@ -1109,3 +1109,20 @@ async def test_stopping_the_server_ends_an_open_long_poll(
 
         with pytest.raises(httpx.HTTPError):
             await asyncio.wait_for(poll, 5)
+
+
+def test_a_text_sent_again_is_parsed_alike_and_each_message_owns_its_entities():
+    from bot.teledouble import parse_text
+
+    html = '<b>#7</b> · <a href="https://e.x/?a=1&amp;b=2">链接</a> <code>x &lt; y</code> 😀'
+    first, entities = parse_text(html, "HTML", None, limit=4096)
+    again, copy = parse_text(html, "HTML", None, limit=4096)
+    assert (first, entities) == (again, copy)
+    assert first == "#7 · 链接 x < y 😀"
+    assert [e["type"] for e in entities] == ["bold", "text_link", "code"]
+    entities[0]["length"] = 99  # one message's entities are not another's
+    assert parse_text(html, "HTML", None, limit=4096)[1] == copy
+    with pytest.raises(ApiError, match="can't parse entities"):
+        parse_text("<b>unclosed", "HTML", None, limit=4096)
+    with pytest.raises(ApiError, match="can't parse entities"):  # a failure is not remembered
+        parse_text("<b>unclosed", "HTML", None, limit=4096)
