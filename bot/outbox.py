@@ -640,10 +640,11 @@ class OutboxSender:
     async def _write_sent(
         self, batch: list[tuple[Claimed, datetime, int | None, asyncio.Future[None]]]
     ) -> None:
-        """Two statements for the lot at most; each row as claimed says all that is needed
+        """Three statements for the lot at most; each row as claimed says all that is needed
         (only this sender, holding its lease, changes it meanwhile)."""
         async with self._db, self._uows() as uow:
             await uow.outbox.mark_all_sent([(row.id, at, mid) for row, at, mid, _ in batch])
+            cards = []
             for row, _, message_id, _ in batch:
                 card_of = row.ticket_id or row.payload.get("card_of")
                 if (
@@ -653,7 +654,8 @@ class OutboxSender:
                 ):
                     # an edit posted anew (its card was deleted) is the card from now on
                     reposted = row.method == "sendMessage" and "card_of" in row.payload
-                    await uow.tickets.remember_card(card_of, message_id, replace=reposted)
+                    cards.append((card_of, message_id, reposted))
+            await uow.tickets.remember_cards(cards)
             await uow.commit()
 
     async def _retry(

@@ -55,6 +55,13 @@ class _Repository:
         return True
 
 
+_PERSON_WITH_FIRM = (
+    select(Person, Enterprise)  # type: ignore[call-overload]
+    .outerjoin(Enterprise, col(Enterprise.id) == col(Person.enterprise_id))
+    .where(col(Person.telegram_id) == sa.bindparam("tg"))
+)
+
+
 class OrgRepository(_Repository):
     def __init__(self, session: AsyncSession, shared: OrgCache | None = None) -> None:
         super().__init__(session)
@@ -175,10 +182,23 @@ class OrgRepository(_Repository):
         return await self._once(("person", person_id), lambda: self.session.get(Person, person_id))
 
     async def person_by_telegram(self, telegram_id: int) -> Person | None:
-        return await self._first_once(
-            ("telegram", telegram_id),
-            lambda: select(Person).where(Person.telegram_id == telegram_id),
-        )
+        return await self._once(("telegram", telegram_id), lambda: self._with_firm(telegram_id))
+
+    async def _with_firm(self, telegram_id: int) -> Person | None:
+        """The person, and their enterprise in the same statement, kept as `enterprise`
+        would keep it: whoever files a report is looked up first, and the report's card and
+        answer then name the enterprise."""
+        read_in = None if self._shared is None else self._shared.generation
+        row = (await self.session.exec(_PERSON_WITH_FIRM, params={"tg": telegram_id})).first()  # type: ignore[call-overload]
+        if row is None:
+            return None
+        person, firm = row
+        if firm is not None:
+            key = ("enterprise", firm.id)
+            self._known.setdefault(key, firm)
+            if self._shared is not None and read_in is not None:
+                self._shared.put(key, firm, read_in)
+        return person  # type: ignore[no-any-return]
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
@@ -389,10 +409,17 @@ class TicketRepository(_Repository):
 
     async def remember_card(self, ticket_id: int, message_id: int, *, replace: bool) -> None:
         """The message that is the ticket's card: the first one, or a new one that replaces it."""
-        query = sa.update(Ticket).where(col(Ticket.id) == ticket_id)
-        if not replace:
-            query = query.where(col(Ticket.card_message_id).is_(None))
-        await self.session.exec(query.values(card_message_id=message_id))  # type: ignore[call-overload]
+        await self.remember_cards([(ticket_id, message_id, replace)])
+
+    async def remember_cards(self, cards: Sequence[tuple[int, int, bool]]) -> None:
+        """`remember_card` for many (ticket id, message id, replace): a statement for the
+        first cards and one for the replacements. The outcome is that of taking them in
+        order: a replacement wins over a first card either way."""
+        first = [{"tid": t, "mid": m} for t, m, replace in cards if not replace]
+        anew = [{"tid": t, "mid": m} for t, m, replace in cards if replace]
+        for query, params in ((_FIRST_CARD, first), (_NEW_CARD, anew)):
+            if params:
+                await self.session.exec(query, params=params)  # type: ignore[call-overload]
 
     async def lock_for_nudges(self, ticket_ids: Sequence[int]) -> Sequence[Any]:
         """The tickets the idle sweep is about to nudge, locked for this transaction (those
@@ -489,6 +516,15 @@ class TicketRepository(_Repository):
             .limit(limit)
         )
         return (await self.session.exec(query)).all()
+
+
+_TICKETS = Ticket.__table__  # type: ignore[attr-defined]
+_NEW_CARD = (
+    sa.update(_TICKETS)
+    .where(_TICKETS.c.id == sa.bindparam("tid"))
+    .values(card_message_id=sa.bindparam("mid"))
+)
+_FIRST_CARD = _NEW_CARD.where(_TICKETS.c.card_message_id.is_(None))
 
 
 class EventRepository(_Repository):

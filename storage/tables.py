@@ -175,6 +175,20 @@ class TicketEvent(SQLModel, table=True):
     at: datetime
 
 
+def event_row(event: TicketEvent) -> dict[str, Any]:
+    """The event's values for a plain INSERT (its id left to the database)."""
+    return {
+        "ticket_id": event.ticket_id,
+        "kind": event.kind,
+        "actor_id": event.actor_id,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "note": event.note,
+        "data": event.data,
+        "at": event.at,
+    }
+
+
 class Attachment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int = Field(foreign_key="ticket.id", index=True)

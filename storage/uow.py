@@ -24,11 +24,12 @@ from storage.repositories import (
     ScheduleRepository,
     TicketRepository,
 )
-from storage.tables import Outbox
+from storage.tables import Outbox, TicketEvent
 
 log = logging.getLogger(__name__)
 
 _QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
+_APPEND_EVENTS = sa.insert(TicketEvent.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -73,6 +74,7 @@ class UnitOfWork:
         self._committed = False
         self._writers = None if readonly else writers
         self._outbox: list[dict[str, Any]] = []  # queued messages, written at the commit
+        self._events: list[dict[str, Any]] = []  # appended events, written at the next flush
 
     async def __aenter__(self) -> Self:
         if self._writers is not None:
@@ -123,10 +125,23 @@ class UnitOfWork:
             return True
         return await self.outbox.card_queued(ticket_id)
 
+    def append_events(self, rows: list[dict[str, Any]]) -> None:
+        """Ticket events as plain values (`storage.tables.event_row`), written in call order
+        at the next flush or commit in one executemany. Nothing reads an event's id back, so
+        none is asked for: on SQLite the ORM would first read the table's highest id."""
+        self._events.extend(rows)
+
+    async def _write_events(self) -> None:
+        if self._events:
+            rows, self._events = self._events, []
+            await self.session.exec(_APPEND_EVENTS, params=rows)  # type: ignore[call-overload]
+
     async def _write_outbox(self) -> None:
+        if self._outbox or self._events:
+            await self.session.flush()  # the rows they may refer to
+            await self._write_events()
         if self._outbox:
             rows, self._outbox = self._outbox, []
-            await self.session.flush()  # the rows they may refer to
             await self.session.exec(_QUEUE_OUTBOX, params=rows)  # type: ignore[call-overload]
 
     @property
@@ -160,8 +175,10 @@ class UnitOfWork:
         mark.marked = True
 
     async def flush(self) -> None:
-        """The rows changed so far (queued messages wait for the commit)."""
+        """The rows changed so far and the events appended (queued messages wait for the
+        commit)."""
         await self.session.flush()
+        await self._write_events()
 
 
 def _reads_only(sessions: async_sessionmaker[AsyncSession]) -> bool:

@@ -23,7 +23,7 @@ from bot.notify import Notifier, Origin
 from bot.services.org import OrgDirectory, facts_of, working_span
 from bot.services.views import EventView, Outcome
 from bot.tickets import Action, Actor
-from storage.tables import Attachment, Person, Role, Ticket, TicketEvent, TicketState
+from storage.tables import Attachment, Person, Role, Ticket, TicketEvent, TicketState, event_row
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 S = TicketState
@@ -115,7 +115,10 @@ class TicketService:
                 self._apply(ticket, move, now)
             uow.tickets.add(ticket)
             await uow.flush()
-            event = self._append(uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now)
+            event = self._append(
+                uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now,
+                keep=bool(attachments),
+            )  # fmt: skip
             auto = None if move is None else self._append_move(uow, ticket, move, None, why, now)
             await uow.flush()
             self._attach(uow, ticket, event, attachments, now)
@@ -297,8 +300,11 @@ class TicketService:
                 move = flow.decide(facts, action, actor, ticket_id=ticket.id, **resolved)
             except InvalidTransitionError as err:
                 raise await self._explained(uow, err, ticket) from None
-            event = await self._record(uow, ticket, move, person.id, args.get("note"), now)
-            self._attach(uow, ticket, event, args.get("attachments", ()), now)
+            files = args.get("attachments", ())
+            event = await self._record(
+                uow, ticket, move, person.id, args.get("note"), now, keep=bool(files)
+            )
+            self._attach(uow, ticket, event, files, now)
             await self._after(uow, ticket, event, person, origin)
             view = await self.org.view(uow, ticket)
             await uow.commit()
@@ -346,10 +352,12 @@ class TicketService:
         actor_id: int | None,
         note: str | None,
         now: Any,
+        *,
+        keep: bool = False,
     ) -> TicketEvent:
         """Write the new facts onto the ticket and append the event that explains them."""
         self._apply(ticket, move, now)
-        event = self._append_move(uow, ticket, move, actor_id, note, now)
+        event = self._append_move(uow, ticket, move, actor_id, note, now, keep=keep)
         if actor_id is not None:
             # a person acting answers the reminders; the scheduler's own moves do not
             await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
@@ -377,6 +385,8 @@ class TicketService:
         actor_id: int | None,
         note: str | None,
         now: Any,
+        *,
+        keep: bool = False,
     ) -> TicketEvent:
         return self._append(
             uow,
@@ -388,6 +398,7 @@ class TicketService:
             note,
             move.data,
             now,
+            keep=keep,
         )
 
     def _stamp(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
@@ -428,7 +439,11 @@ class TicketService:
         note: str | None,
         data: dict[str, Any],
         now: Any,
+        *,
+        keep: bool = False,
     ) -> TicketEvent:
+        """The event, appended to the ticket's history; `keep`: as a row of the session,
+        whose id is known after the next flush."""
         event = TicketEvent(
             ticket_id=ticket.id,
             kind=kind,
@@ -439,7 +454,10 @@ class TicketService:
             data=data,
             at=now,
         )
-        uow.events.add(event)
+        if keep:
+            uow.events.add(event)  # its attachments will refer to its id
+        else:
+            uow.append_events([event_row(event)])
         return event
 
     def _attach(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import func, select
 from telegram import Bot
@@ -1091,3 +1092,36 @@ async def test_stop_lets_the_sends_in_flight_finish_and_gives_the_rest_back(env)
     assert len(sent) == len(env.double.sent) == LANES
     assert all(r.lease_until is None for r in rows)
     assert len([r for r in rows if r.state == OutboxState.PENDING]) == LANES * 4 - LANES
+
+
+async def test_the_cards_of_a_batch_are_remembered_in_a_statement_each_way(env):
+    """First cards never overwrite one already known; a card posted anew replaces it,
+    whichever came first in the batch."""
+    numbers = []
+    for message_id in (21, 22, 23):
+        outcome = await env.tickets.report(
+            env.org["beta_boss"], f"leak {message_id}", chat_id=GROUP, message_id=message_id
+        )
+        numbers.append(outcome.ticket.number)
+    a, b, c = numbers
+    async with env.uows() as uow:
+        await uow.tickets.remember_cards([(a, 100, False)])
+        await uow.commit()
+    statements: list[str] = []
+    engine = env.uows.sessions.kw["bind"].sync_engine
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with env.uows() as uow:
+            await uow.tickets.remember_cards(
+                [(a, 101, False), (b, 200, False), (c, 300, True), (b, 201, True), (c, 301, False)]
+            )
+            await uow.commit()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert statements.count("UPDATE") == 2
+    cards = [(await env.ticket(n)).card_message_id for n in numbers]
+    assert cards == [100, 201, 300]

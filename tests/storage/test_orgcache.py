@@ -156,3 +156,27 @@ async def test_rows_only_read_are_shared_without_joining_the_session(uows, ticki
     async with uows(readonly=True) as uow:
         [seen] = [d for d in await uow.org.departments_in([city]) if d.id == tax]
         assert seen.keywords == ["海关"]
+
+
+async def test_a_persons_enterprise_comes_with_them_and_is_kept_as_well(engine, uows, ticking):
+    org = await build_org(uows)
+    statements = await _statements(engine)
+    async with uows(readonly=True) as uow:
+        person = await uow.org.person_by_telegram(org["acme_boss"])
+        assert person is not None
+        assert person.enterprise_id is not None
+        firm_id = person.enterprise_id
+        firm = await uow.org.enterprise(firm_id)
+        assert firm is not None
+        name = firm.name
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1  # one statement for both
+    statements.clear()
+    async with uows() as uow:
+        again = await uow.org.enterprise(firm_id)
+        assert again is not None
+        assert (again.id, again.name) == (firm_id, name)
+        again.name = "Acme Renamed"  # the kept row is the session's own to change
+        await uow.commit()
+    assert [s for s in statements if s.startswith("SELECT")] == []
+    async with uows(readonly=True) as uow:
+        assert (await uow.org.enterprise(firm_id)).name == "Acme Renamed"  # type: ignore[union-attr]
