@@ -316,18 +316,8 @@ class TicketRepository(_Repository):
     ) -> tuple[Ticket | None, int]:
         """The ticket already filed from this message (if any), and how many reports the
         person has filed since then: one statement for both questions every report asks."""
-        filed = (
-            select(Ticket.id)
-            .where(Ticket.source_chat_id == chat_id, Ticket.source_message_id == message_id)
-            .scalar_subquery()
-        )
-        recent = (
-            select(sa.func.count())
-            .where(Ticket.reporter_id == reporter_id, Ticket.created_at >= since)
-            .scalar_subquery()
-        )
-        query = select(filed if message_id is not None else sa.null(), recent)  # type: ignore[call-overload]
-        known, count = (await self.session.exec(query)).one()
+        params = {"chat": chat_id, "message": message_id, "reporter": reporter_id, "since": since}
+        known, count = (await self.session.exec(_INTAKE_CHECK, params=params)).one()  # type: ignore[call-overload]
         return (await self.get(known) if known is not None else None), count
 
     async def listing(
@@ -518,7 +508,24 @@ class TicketRepository(_Repository):
         return (await self.session.exec(query)).all()
 
 
+# Statements every report runs, built once and as plain Core: an ORM-enabled UPDATE built per
+# call cost five times the plain one here (it also works out what to change in the session).
 _TICKETS = Ticket.__table__  # type: ignore[attr-defined]
+_INTAKE_CHECK = sa.select(
+    sa.select(_TICKETS.c.id)
+    .where(
+        _TICKETS.c.source_chat_id == sa.bindparam("chat"),
+        # a message id of NULL matches nothing: a private report has no message to repeat
+        _TICKETS.c.source_message_id == sa.bindparam("message"),
+    )
+    .scalar_subquery(),
+    sa.select(sa.func.count())
+    .where(
+        _TICKETS.c.reporter_id == sa.bindparam("reporter"),
+        _TICKETS.c.created_at >= sa.bindparam("since", type_=_TICKETS.c.created_at.type),
+    )
+    .scalar_subquery(),
+)
 _NEW_CARD = (
     sa.update(_TICKETS)
     .where(_TICKETS.c.id == sa.bindparam("tid"))
@@ -812,6 +819,13 @@ class OutboxRepository(_Repository):
 _IDS = sa_postgresql.ARRAY(sa.Integer)
 
 # built once: the sender runs it for every message
+_INBOX = InboxUpdate.__table__  # type: ignore[attr-defined]
+_MARK_PROCESSED = (
+    sa.update(_INBOX)
+    .where(_INBOX.c.update_id == sa.bindparam("update"), ~_INBOX.c.processed)
+    .values(processed=True, processed_at=sa.bindparam("at", type_=_INBOX.c.processed_at.type))
+)
+
 _MARK_SENT = (
     sa.update(Outbox)
     .where(col(Outbox.id) == sa.bindparam("outbox_id"))
@@ -854,11 +868,8 @@ class InboxRepository(_Repository):
 
     async def mark_processed(self, update_id: int, at: datetime) -> bool:
         """Mark an update processed; False when it already was (someone else did it)."""
-        result = await self.session.exec(  # type: ignore[call-overload]
-            sa.update(InboxUpdate)
-            .where(col(InboxUpdate.update_id) == update_id, ~col(InboxUpdate.processed))
-            .values(processed=True, processed_at=at)
-        )
+        params = {"update": update_id, "at": at}
+        result = await self.session.exec(_MARK_PROCESSED, params=params)  # type: ignore[call-overload]
         return bool(result.rowcount)
 
     async def record_failure(self, update_id: int, error: str, *, park: bool) -> bool:
