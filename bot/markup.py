@@ -26,6 +26,7 @@ _SIMPLE_TAGS = {
 }
 _TAGS = {*_SIMPLE_TAGS, "span", "a", "code", "pre", "blockquote", "tg-emoji"}
 _SPLIT_PREFERENCE = ("\n", " ")
+_PLAIN = re.compile(r"[^&<]+")
 _ATTRIBUTE = re.compile(r"\s*(?:([a-zA-Z_:-]+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s\"'>]+))?|(>))")
 
 
@@ -90,13 +91,20 @@ class _Tokenizer:
         """Telegram reports positions as UTF-8 byte offsets."""
         return f"byte offset {len(self.s[:index].encode('utf-8', 'surrogatepass'))}"
 
-    def run(self) -> Iterator[Token]:
+    def run(self, *, runs: bool = False) -> Iterator[Token]:
+        """The tokens; `runs`: plain text between tags and entities comes as one token (its
+        `char` the whole run) rather than one per character."""
         while self.i < len(self.s):
             ch = self.s[self.i]
             if ch == "&":
                 yield self.entity()
             elif ch == "<":
                 yield self.close_tag() if self.s.startswith("</", self.i) else self.open_tag()
+            elif runs:
+                plain = _PLAIN.match(self.s, self.i)
+                assert plain is not None  # it starts with a character that is neither
+                self.i = plain.end()
+                yield Token("char", plain.group(), plain.group())
             else:
                 self.i += 1
                 yield Token("char", ch, ch)
@@ -200,7 +208,7 @@ def parse_html(html: str) -> ParsedHtml:
     entities: list[dict[str, Any]] = []
     open_at: list[tuple[Token, int]] = []
     pos = 0
-    for token in tokens(html):
+    for token in _Tokenizer(html).run(runs=True):
         if token.kind == "char":
             text.append(token.char)
             pos += utf16_len(token.char)

@@ -15,6 +15,7 @@ from bot.markup import (
     escape,
     parse_html,
     split_html,
+    tokens,
     truncate_html,
     utf16_len,
     visible_text,
@@ -232,6 +233,49 @@ def test_any_rendered_report_splits_validly(parts: list[tuple[str, str]], limit:
     texts = assert_valid_chunks(split_html(html, limit), limit)
 
     assert re.sub(r"\s", "", "".join(texts)) == re.sub(r"\s", "", original)
+
+
+def _parsed_char_by_char(html: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """What parse_html must give, worked out from the one-token-per-character tokenizer."""
+    text, spans, opened, pos = [], [], [], 0
+    for token in tokens(html):
+        if token.kind == "char":
+            text.append(token.char)
+            pos += utf16_len(token.char)
+        elif token.kind == "open":
+            opened.append((token.name, pos))
+        else:
+            name, start = opened.pop()
+            if pos > start:
+                spans.append((start, pos - start, name))
+    return "".join(text), sorted(spans)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "b", "i", "u", "s", "code", "blockquote", "a"]),
+            st.text(REPORT_ALPHABET),
+        ),
+        max_size=12,
+    )
+)
+@settings(max_examples=300)
+def test_parsing_whole_runs_of_text_reads_as_parsing_each_character(
+    parts: list[tuple[str, str]],
+) -> None:
+    def tag(name: str, body: str) -> str:
+        if name == "a":
+            return f'<a href="https://e.x/?q=&lt;1&gt;&amp;p=1">{escape(body)}</a>'
+        return f"<{name}>{escape(body)}</{name}>" if name else escape(body)
+
+    html = "".join(tag(name, body) for name, body in parts)
+    parsed = parse_html(html)
+    text, spans = _parsed_char_by_char(html)
+    assert parsed.text == text
+    assert sorted((e["offset"], e["length"]) for e in parsed.entities) == [
+        (offset, length) for offset, length, _ in spans
+    ]
 
 
 # ------------------------------------------------------------------------- truncating
