@@ -548,8 +548,7 @@ class OutboxSender:
         if ticket_id is None:
             return None
         async with self._db, self._uows(readonly=True) as uow:
-            ticket = await uow.tickets.get(ticket_id)
-            return ticket.card_message_id if ticket else None
+            return await uow.tickets.card_message_id(ticket_id)
 
     async def _bad_request(
         self, bot: Bot, row: Claimed, err: BadRequest, report: DrainReport

@@ -311,6 +311,12 @@ class TicketRepository(_Repository):
             query = query.with_for_update()
         return (await self.session.exec(query)).first()
 
+    async def card_message_id(self, ticket_id: int) -> int | None:
+        """The id of the ticket's card message, if it has been posted (one column, not the
+        whole ticket: the sender asks before each edit of a card)."""
+        found = await self.session.exec(_CARD_OF, params={"ticket": ticket_id})  # type: ignore[call-overload]
+        return found.scalar_one_or_none()  # type: ignore[no-any-return]
+
     async def intake_check(
         self, chat_id: int, message_id: int | None, reporter_id: int, since: datetime
     ) -> tuple[Ticket | None, int]:
@@ -526,6 +532,7 @@ _INTAKE_CHECK = sa.select(
     )
     .scalar_subquery(),
 )
+_CARD_OF = sa.select(_TICKETS.c.card_message_id).where(_TICKETS.c.id == sa.bindparam("ticket"))
 _NEW_CARD = (
     sa.update(_TICKETS)
     .where(_TICKETS.c.id == sa.bindparam("tid"))
@@ -819,6 +826,12 @@ class OutboxRepository(_Repository):
 _IDS = sa_postgresql.ARRAY(sa.Integer)
 
 # built once: the sender runs it for every message
+_NUDGES = Nudge.__table__  # type: ignore[attr-defined]
+_NUDGES_ACTED = (
+    sa.update(_NUDGES)
+    .where(_NUDGES.c.ticket_id == sa.bindparam("ticket"), ~_NUDGES.c.acted)
+    .values(acted=True)
+)
 _INBOX = InboxUpdate.__table__  # type: ignore[attr-defined]
 _MARK_PROCESSED = (
     sa.update(_INBOX)
@@ -921,11 +934,9 @@ class ScheduleRepository(_Repository):
         return (await self.session.exec(query.order_by(col(Nudge.id).desc()).limit(1))).first()
 
     async def mark_nudges_acted(self, ticket_id: int) -> None:
-        await self.session.exec(  # type: ignore[call-overload]
-            sa.update(Nudge)
-            .where(col(Nudge.ticket_id) == ticket_id, ~col(Nudge.acted))
-            .values(acted=True)
-        )
+        """Someone acted on the ticket: its reminders so far are answered (every action by a
+        person runs this, so it is built once, as plain Core)."""
+        await self.session.exec(_NUDGES_ACTED, params={"ticket": ticket_id})  # type: ignore[call-overload]
 
     async def digest_run(self, leader_id: int, day: Any) -> DigestRun | None:
         query = select(DigestRun).where(DigestRun.leader_id == leader_id, DigestRun.day == day)
