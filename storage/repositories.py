@@ -738,22 +738,10 @@ class OutboxRepository(_Repository):
         another live sender holds (none, when that is the first). A sender restarted under the
         same name takes back its own leases at once. Chats go in the order of their first
         row. Returns the rows leased (the columns a send needs), by chat and in order."""
-        t = Outbox.__table__  # type: ignore[attr-defined]
-        free = sa.and_(
-            t.c.not_before <= now,
-            sa.or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner),
-        )
-        place = sa.func.row_number().over(partition_by=t.c.chat_id, order_by=t.c.id)
-        ranked = sa.select(
-            t.c.id, t.c.chat_id, sa.case((free, 1), else_=0).label("free"), place.label("n")
-        ).where(t.c.state == OutboxState.PENDING)
-        if skip:
-            ranked = ranked.where(t.c.chat_id.not_in(list(skip)))
-        r = ranked.subquery()
-        query = sa.select(r.c.id, r.c.chat_id, r.c.free).where(r.c.n <= depth)
+        params = {"now": now, "owner": owner, "depth": depth, "skip": list(skip)}
         runs: dict[int, list[int]] = {}  # each chat's rows that may go, from its first on
         ended: set[int] = set()
-        for outbox_id, chat_id, is_free in await self._rows(query.order_by(r.c.chat_id, r.c.n)):
+        for outbox_id, chat_id, is_free in await self._rows(_CLAIM_RANKED, params):
             run = runs.setdefault(chat_id, [])
             if chat_id in ended:
                 continue
@@ -762,8 +750,6 @@ class OutboxRepository(_Repository):
             else:
                 ended.add(chat_id)
         order = [chat for _, chat in sorted((run[0], c) for c, run in runs.items() if run)]
-        columns = (t.c.id, t.c.chat_id, t.c.method, t.c.payload, t.c.ticket_id, t.c.is_card,
-                   t.c.person_id, t.c.attempts)  # fmt: skip
         rows: list[sa.Row[Any]] = []
         gaps: list[int] = []
         won, tried = 0, 0
@@ -773,24 +759,12 @@ class OutboxRepository(_Repository):
             wanted = order[tried : tried + chats - won]
             tried += len(wanted)
             ids = [i for chat in wanted for i in runs[chat]]
-            if skip_locked:
-                # the rows are found by their ids, whatever the planner believes of the
-                # queue: with the statistics of a queue that was short until a moment ago,
-                # it had scanned the pending rows once for each id (a second for 2,000 rows)
-                locked = (
-                    sa.select(t.c.id)
-                    .where(t.c.id == sa.any_(sa.bindparam("ids", ids, type_=_IDS)))
-                    .where(t.c.state == OutboxState.PENDING, free)
-                    .with_for_update(skip_locked=True)
-                    .cte("locked")
-                )
-                leased = sa.update(t).where(t.c.id == locked.c.id)
-            else:
-                leased = sa.update(t).where(
-                    t.c.id.in_(ids), t.c.state == OutboxState.PENDING, free
-                )
-            leased = leased.values(lease_owner=owner, lease_until=until).returning(*columns)
-            got = {row.id: row for row in await self._rows(leased)}
+            # on PostgreSQL the rows are found by their ids, whatever the planner believes of
+            # the queue: with the statistics of a queue that was short until a moment ago, it
+            # had scanned the pending rows once for each id (a second for 2,000 rows)
+            leased = _LEASE_LOCKED if skip_locked else _LEASE
+            lease = {"ids": ids, "now": now, "owner": owner, "until": until}
+            got = {row.id: row for row in await self._rows(leased, lease)}
             for chat in wanted:
                 # a row taken or sent by another sender since it was read leaves a gap: the
                 # chat's rows after it are given back, they must not overtake it
@@ -805,8 +779,8 @@ class OutboxRepository(_Repository):
         await self.release(gaps, owner)
         return rows
 
-    async def _rows(self, query: Any) -> list[sa.Row[Any]]:
-        return list((await self.session.exec(query)).all())  # type: ignore[call-overload]
+    async def _rows(self, query: Any, params: dict[str, Any] | None = None) -> list[sa.Row[Any]]:
+        return list((await self.session.exec(query, params=params)).all())  # type: ignore[call-overload]
 
     async def mark_all_sent(self, sent: Sequence[tuple[int, datetime, int | None]]) -> None:
         """Record Telegram's acceptance of many rows in one statement: (id, at, message id)."""
@@ -824,6 +798,71 @@ class OutboxRepository(_Repository):
 
 
 _IDS = sa_postgresql.ARRAY(sa.Integer)
+
+# The claim, built once: the sender runs it each time it looks for work.
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+_AT = _OUTBOX.c.not_before.type
+_FREE = sa.and_(  # due, and leased by nobody live (or by this sender, restarted)
+    _OUTBOX.c.not_before <= sa.bindparam("now", type_=_AT),
+    sa.or_(
+        _OUTBOX.c.lease_until.is_(None),
+        _OUTBOX.c.lease_until < sa.bindparam("now", type_=_AT),
+        _OUTBOX.c.lease_owner == sa.bindparam("owner"),
+    ),
+)
+_RANKED = (
+    sa.select(
+        _OUTBOX.c.id,
+        _OUTBOX.c.chat_id,
+        sa.case((_FREE, 1), else_=0).label("free"),
+        sa.func.row_number()
+        .over(partition_by=_OUTBOX.c.chat_id, order_by=_OUTBOX.c.id)
+        .label("n"),
+    )
+    .where(
+        _OUTBOX.c.state == OutboxState.PENDING,
+        _OUTBOX.c.chat_id.not_in(sa.bindparam("skip", expanding=True)),
+    )
+    .subquery()
+)
+_CLAIM_RANKED = (
+    sa.select(_RANKED.c.id, _RANKED.c.chat_id, _RANKED.c.free)
+    .where(_RANKED.c.n <= sa.bindparam("depth"))
+    .order_by(_RANKED.c.chat_id, _RANKED.c.n)
+)
+_CLAIMED = (
+    _OUTBOX.c.id,
+    _OUTBOX.c.chat_id,
+    _OUTBOX.c.method,
+    _OUTBOX.c.payload,
+    _OUTBOX.c.ticket_id,
+    _OUTBOX.c.is_card,
+    _OUTBOX.c.person_id,
+    _OUTBOX.c.attempts,
+)
+_LEASE = (
+    sa.update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True)),
+        _OUTBOX.c.state == OutboxState.PENDING,
+        _FREE,
+    )
+    .values(lease_owner=sa.bindparam("owner"), lease_until=sa.bindparam("until", type_=_AT))
+    .returning(*_CLAIMED)
+)
+_LOCKED = (
+    sa.select(_OUTBOX.c.id)
+    .where(_OUTBOX.c.id == sa.any_(sa.bindparam("ids", type_=_IDS)))
+    .where(_OUTBOX.c.state == OutboxState.PENDING, _FREE)
+    .with_for_update(skip_locked=True)
+    .cte("locked")
+)
+_LEASE_LOCKED = (
+    sa.update(_OUTBOX)
+    .where(_OUTBOX.c.id == _LOCKED.c.id)
+    .values(lease_owner=sa.bindparam("owner"), lease_until=sa.bindparam("until", type_=_AT))
+    .returning(*_CLAIMED)
+)
 
 # built once: the sender runs it for every message
 _NUDGES = Nudge.__table__  # type: ignore[attr-defined]
