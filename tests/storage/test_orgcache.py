@@ -37,6 +37,10 @@ async def _statements(engine: AsyncEngine) -> list[str]:
     def _note(_c, _cur, statement: str, *_: object) -> None:
         seen.append(statement)
 
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _began(_c: object) -> None:
+        seen.append("BEGIN")  # SQLite's is sent to the driver directly, unseen above
+
     return seen
 
 
