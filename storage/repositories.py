@@ -961,6 +961,25 @@ class InboxRepository(_Repository):
         return (await self.session.exec(query)).one()
 
 
+def _put_value(insert: Any) -> Any:
+    table = KeyValue.__table__  # type: ignore[attr-defined]
+    statement = insert(table).values(
+        key=sa.bindparam("key"),
+        value=sa.bindparam("value", type_=table.c.value.type),
+        updated_at=sa.bindparam("at", type_=table.c.updated_at.type),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.key],
+        set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
+    )
+
+
+_PUT_VALUE = {
+    "sqlite": _put_value(sa_sqlite.insert),
+    "postgresql": _put_value(sa_postgresql.insert),
+}
+
+
 class ScheduleRepository(_Repository):
     async def nudges_of(self, ticket_id: int) -> Sequence[Nudge]:
         query = select(Nudge).where(Nudge.ticket_id == ticket_id).order_by(Nudge.id)
@@ -985,12 +1004,15 @@ class ScheduleRepository(_Repository):
         return await self.session.get(KeyValue, key)
 
     async def put_value(self, key: str, value: dict[str, Any], now: datetime) -> None:
-        row = await self.session.get(KeyValue, key)
-        if row is None:
-            self.session.add(KeyValue(key=key, value=value, updated_at=now))
-        else:
-            row.value = value
-            row.updated_at = now
+        """Set a small fact: one upsert (the receiver sets its offset after every poll that
+        brought updates), or a change to the row when this unit of work already holds it."""
+        held = self.session.sync_session.identity_map.get(identity_key(KeyValue, key))
+        if held is not None:
+            held.value = value
+            held.updated_at = now
+            return
+        upsert = _PUT_VALUE[self.session.bind.dialect.name]  # type: ignore[union-attr]
+        await self.session.exec(upsert, params={"key": key, "value": value, "at": now})  # type: ignore[call-overload]
 
     async def values_with_prefix(self, prefix: str) -> Sequence[KeyValue]:
         """Every small fact whose key starts with the prefix (conversation states, drafts)."""
