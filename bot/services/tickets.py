@@ -113,8 +113,7 @@ class TicketService:
                     self._facts(ticket), Action.ASSIGN, flow.SYSTEM, department_id=routed
                 )
                 self._apply(ticket, move, now)
-            uow.tickets.add(ticket)
-            await uow.flush()
+            await uow.tickets.insert_new(ticket)
             event = self._append(
                 uow, ticket, "report", person.id, None, S.REPORTED, None, {}, now,
                 keep=bool(attachments),
