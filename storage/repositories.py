@@ -411,14 +411,11 @@ class TicketRepository(_Repository):
         params = {"ids": list(ticket_ids), "idle_before": idle_before, "now": now}
         return (await self.session.exec(_SCAN_PAGE, params=params)).all()  # type: ignore[call-overload]
 
-    async def remember_card(self, ticket_id: int, message_id: int, *, replace: bool) -> None:
-        """The message that is the ticket's card: the first one, or a new one that replaces it."""
-        await self.remember_cards([(ticket_id, message_id, replace)])
-
     async def remember_cards(self, cards: Sequence[tuple[int, int, bool]]) -> None:
-        """`remember_card` for many (ticket id, message id, replace): a statement for the
-        first cards and one for the replacements. The outcome is that of taking them in
-        order: a replacement wins over a first card either way."""
+        """The messages that are tickets' cards, as (ticket id, message id, replace): a first
+        card where none is known, or a new one that replaces it. A statement for the first
+        cards and one for the replacements; the outcome is that of taking them in order, as
+        a replacement wins over a first card either way."""
         first = [{"tid": t, "mid": m} for t, m, replace in cards if not replace]
         anew = [{"tid": t, "mid": m} for t, m, replace in cards if replace]
         for query, params in ((_FIRST_CARD, first), (_NEW_CARD, anew)):
@@ -552,6 +549,12 @@ _FIRST_CARD = _NEW_CARD.where(_TICKETS.c.card_message_id.is_(None))
 
 
 class EventRepository(_Repository):
+    async def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Events as plain values (`storage.tables.event_row`), in one executemany; their ids
+        are left to the database and not read back."""
+        if rows:
+            await self.session.exec(_ADD_EVENTS, params=list(rows))  # type: ignore[call-overload]
+
     async def of_ticket(self, ticket_id: int) -> Sequence[TicketEvent]:
         query = select(TicketEvent).where(TicketEvent.ticket_id == ticket_id)
         return (await self.session.exec(query.order_by(TicketEvent.id))).all()
@@ -656,6 +659,11 @@ class EventRepository(_Repository):
 
 
 class OutboxRepository(_Repository):
+    async def queue(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Messages as plain values (`bot.notify.outbox_row`), in one executemany, in order."""
+        if rows:
+            await self.session.exec(_QUEUE_OUTBOX, params=list(rows))  # type: ignore[call-overload]
+
     async def due(
         self,
         now: datetime,

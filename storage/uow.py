@@ -10,7 +10,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -24,12 +23,8 @@ from storage.repositories import (
     ScheduleRepository,
     TicketRepository,
 )
-from storage.tables import Outbox, TicketEvent
 
 log = logging.getLogger(__name__)
-
-_QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
-_APPEND_EVENTS = sa.insert(TicketEvent.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -134,7 +129,7 @@ class UnitOfWork:
     async def _write_events(self) -> None:
         if self._events:
             rows, self._events = self._events, []
-            await self.session.exec(_APPEND_EVENTS, params=rows)  # type: ignore[call-overload]
+            await self.events.append(rows)
 
     async def _write_outbox(self) -> None:
         if self._outbox or self._events:
@@ -142,7 +137,7 @@ class UnitOfWork:
             await self._write_events()
         if self._outbox:
             rows, self._outbox = self._outbox, []
-            await self.session.exec(_QUEUE_OUTBOX, params=rows)  # type: ignore[call-overload]
+            await self.outbox.queue(rows)
 
     @property
     def dialect(self) -> str:
