@@ -182,6 +182,16 @@ def _reads_only(sessions: async_sessionmaker[AsyncSession]) -> bool:
     return bind is not None and bool(bind.get_execution_options().get(READONLY))
 
 
+def _reader(bind: Any) -> Any:
+    """The engine as readers use it. On PostgreSQL they read outside any transaction: at
+    READ COMMITTED each statement sees what was committed when it began, in a transaction
+    or not, so BEGIN and ROLLBACK would be two round trips that change nothing."""
+    options: dict[str, Any] = {READONLY: True}
+    if bind.dialect.name == "postgresql":
+        options["isolation_level"] = "AUTOCOMMIT"
+    return bind.execution_options(**options)
+
+
 class WriterTurn:
     """SQLite lets one transaction write at a time; the others sleep and retry inside the
     driver (the busy timeout, in steps of up to 100 ms), so two writers of one process cost
@@ -216,10 +226,7 @@ class UnitOfWorkFactory:
         self._org = org_cache_for(bind) if bind is not None else None
         # a reader whose answers all come from the org cache never takes a connection
         self._readers = (
-            async_sessionmaker(
-                class_=sessions.class_,
-                **{**sessions.kw, "bind": bind.execution_options(**{READONLY: True})},
-            )
+            async_sessionmaker(class_=sessions.class_, **{**sessions.kw, "bind": _reader(bind)})
             if bind is not None
             else sessions
         )
