@@ -996,6 +996,7 @@ _PUT_VALUE = {
     "sqlite": _put_value(sa_sqlite.insert),
     "postgresql": _put_value(sa_postgresql.insert),
 }
+_DELETE_VALUE = sa.delete(KeyValue).where(col(KeyValue.key) == sa.bindparam("key"))
 
 
 class ScheduleRepository(_Repository):
@@ -1039,9 +1040,12 @@ class ScheduleRepository(_Repository):
         return (await self.session.exec(query.order_by(KeyValue.key))).all()
 
     async def delete_value(self, key: str) -> None:
-        row = await self.session.get(KeyValue, key)
-        if row is not None:
-            await self.session.delete(row)
+        """Forget a small fact, in one statement whether or not it was there."""
+        held = self.session.sync_session.identity_map.get(identity_key(KeyValue, key))
+        if held is not None:
+            await self.session.delete(held)
+            return
+        await self.session.exec(_DELETE_VALUE, params={"key": key})  # type: ignore[call-overload]
 
     # ---- the idle scan and the digest ----------------------------------------------------
 

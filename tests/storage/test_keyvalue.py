@@ -45,3 +45,36 @@ async def test_a_fact_set_but_not_committed_is_not_kept(uows):
     async with uows() as uow:
         await uow.schedule.put_value("gone", {"n": 1}, T0)
     assert await _read(uows, "gone") is None
+
+
+async def test_a_fact_is_forgotten_whether_or_not_it_was_there(uows):
+    async with uows() as uow:
+        await uow.schedule.put_value("a", {"n": 1}, T0)
+        await uow.schedule.put_value("b", {"n": 2}, T0)
+        await uow.commit()
+    async with uows() as uow:
+        await uow.schedule.delete_value("a")
+        await uow.schedule.delete_value("never")  # nothing to forget: no error
+        await uow.commit()
+    assert await _read(uows, "a") is None
+    assert await _read(uows, "b") == ({"n": 2}, T0)  # only the fact named goes
+
+
+async def test_a_fact_the_unit_of_work_holds_is_forgotten_through_its_row(uows):
+    async with uows() as uow:
+        await uow.schedule.put_value("held", {"n": 1}, T0)
+        await uow.commit()
+    async with uows() as uow:
+        assert await uow.schedule.get_value("held") is not None
+        await uow.schedule.delete_value("held")
+        await uow.commit()
+    assert await _read(uows, "held") is None
+
+
+async def test_forgetting_a_fact_is_undone_with_its_unit_of_work(uows):
+    async with uows() as uow:
+        await uow.schedule.put_value("kept", {"n": 1}, T0)
+        await uow.commit()
+    async with uows() as uow:
+        await uow.schedule.delete_value("kept")  # and no commit
+    assert await _read(uows, "kept") == ({"n": 1}, T0)
