@@ -12,6 +12,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+# libyaml's parser where PyYAML was built with it: the same documents, ten times faster
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds" / "calendar"
 ALWAYS_OPEN = "24x7"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -256,7 +259,7 @@ def _read_yaml(path: Path) -> Mapping[str, Any]:
     except UnicodeDecodeError as exc:
         raise ValueError("not UTF-8 text") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ValueError("not valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from exc

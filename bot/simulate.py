@@ -16,6 +16,8 @@ import yaml
 
 from bot.config import Settings, parse_duration
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when built with it
+
 SCENARIOS = Path(__file__).resolve().parent.parent / "seeds" / "scenarios"
 DEFAULT_SCENARIO = "baotou-week"
 RATING_CODES = {"satisfied": "s", "basic": "b", "unsatisfied": "u", "unsolved": "n"}
@@ -65,7 +67,7 @@ def find_scenario(name: str | None) -> Path:
 def load_scenario(path: Path, tz: ZoneInfo) -> Scenario:
     """Read and check a scenario file before anything runs."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except OSError as err:
         raise ScenarioError(f"{path}: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -65,7 +65,7 @@ def check_document(document: Any) -> SeedFile:
     return _cross_check(regions, departments, enterprises, people, groups)
 
 
-class _SafeUniqueLoader(yaml.SafeLoader):
+class _SafeUniqueLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """The safe loader, refusing a key given twice in one mapping instead of keeping the last."""
 
 
