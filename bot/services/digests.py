@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -435,16 +436,27 @@ class DigestService:
         window = end - timedelta(days=RATE_WINDOW_DAYS)
         ignored_rows = await uow.schedule.ignored_nudges(region_ids, IGNORABLE_RUNGS)
         opened = await self.scorer.open_tickets(uow, scope, now)
-        departments = await self.scorer.departments(
-            uow,
-            region_ids,
-            window,
-            end,
-            now,
-            ignored_rows=ignored_rows,
-            scope=scope,
-            opened=opened,
-        )
+        # The near-alike reports are Python's work; the department figures mostly the
+        # database's, which leaves the interpreter free while it adds them up. So the reports
+        # are grouped on a thread meanwhile, handed to it at once (a SQLite statement on the
+        # loop's thread does not yield to the loop, so a task would only start after them).
+        summaries = await q.open_summaries(uow, scope, OPEN_SCANNED)
+        grouping = asyncio.get_running_loop().run_in_executor(None, similar_groups, summaries)
+        try:
+            departments = await self.scorer.departments(
+                uow,
+                region_ids,
+                window,
+                end,
+                now,
+                ignored_rows=ignored_rows,
+                scope=scope,
+                opened=opened,
+            )
+            clusters = await self._clusters(uow, await grouping)
+        finally:
+            if not grouping.done():
+                await asyncio.wait({grouping})  # a thread cannot be stopped: let it finish
         overdue = await self._overdue(uow, region_ids, now)
         ignored = await self._ignored(uow, ignored_rows)
         return Digest(
@@ -469,7 +481,7 @@ class DigestService:
             window_days=RATE_WINDOW_DAYS,
             ignored=ignored[:IGNORED_LISTED],
             nudges_ignored=sum(i.count for i in ignored),
-            clusters=await self._clusters(uow, await q.open_summaries(uow, scope, OPEN_SCANNED)),
+            clusters=clusters,
         )
 
     async def _overdue(
@@ -495,8 +507,10 @@ class DigestService:
         ]
         return sorted(out, key=lambda x: (-x.count, x.name))
 
-    async def _clusters(self, uow: UnitOfWork, rows: Sequence[Any]) -> tuple[Cluster, ...]:
-        """Similar open reports (`rows` of open_summaries) from different enterprises."""
+    async def _clusters(
+        self, uow: UnitOfWork, groups: Sequence[Sequence[Any]]
+    ) -> tuple[Cluster, ...]:
+        """The groups of similar open reports (`similar_groups`), as the digest lists them."""
         depts = {d.id: d.name for d in await uow.org.all_departments()}
         found = [
             Cluster(
@@ -505,7 +519,7 @@ class DigestService:
                 len({r.enterprise_id for r in group}),
                 min(group, key=lambda r: r.id).summary,
             )
-            for group in similar_groups(rows)
+            for group in groups
         ]
         found.sort(key=lambda c: (-c.enterprises, -len(c.numbers), c.numbers))
         return tuple(found[:CLUSTERS_LISTED])
