@@ -13,6 +13,7 @@ it, so an answer read meanwhile from the old state is not kept. A change made by
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class OrgCache:
         self.clock = clock  # the seconds `keep_seconds` counts in
         self._entries: dict[tuple[Any, ...], tuple[int, float, Any]] = {}
         self._store = Session()  # owns the snapshots; never bound, never flushed
+        self._pruned = -math.inf  # when answers past their time were last dropped
 
     def forget(self) -> None:
         self.generation += 1
@@ -63,7 +65,21 @@ class OrgCache:
             snapshot: Any = [self._snapshot(row) for row in value]
         else:
             snapshot = None if value is None else self._snapshot(value)
-        self._entries[key] = (read_in, self.clock() + self._keep, snapshot)
+        now = self.clock()
+        if now - self._pruned >= self._keep:
+            self._prune(now)
+        self._entries[key] = (read_in, now + self._keep, snapshot)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _prune(self, now: float) -> None:
+        """Drop the answers past their time. Each is also dropped when asked for again, but a
+        city's people and enterprises are mostly asked for once in a while: kept, their
+        snapshots would pile up for the whole life of the process, and every full pass of the
+        garbage collector would walk them all."""
+        self._pruned = now
+        self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
 
     def _snapshot(self, row: Any) -> Any:
         return self._store.merge(row, load=False)

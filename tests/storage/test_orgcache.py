@@ -184,3 +184,18 @@ async def test_a_persons_enterprise_comes_with_them_and_is_kept_as_well(engine, 
     assert [s for s in statements if s.startswith("SELECT")] == []
     async with uows(readonly=True) as uow:
         assert (await uow.org.enterprise(firm_id)).name == "Acme Renamed"  # type: ignore[union-attr]
+
+
+async def test_answers_past_their_time_do_not_pile_up(uows, engine, ticking):
+    """People asked for once are not kept for the life of the process."""
+    org = await build_org(uows)
+    cache = org_cache_for(engine)
+    people = [org["tax_clerk"], org["acme_boss"], org["beta_boss"]]
+    for telegram_id in people:
+        await _language(uows, telegram_id)
+    kept = len(cache)
+    assert kept >= len(people)
+    ticking.now += KEEP_SECONDS
+    await _language(uows, org["tax_clerk"])  # a new answer, after the others' time is up
+    assert len(cache) < kept
+    assert await _language(uows, org["acme_boss"]) == "en"  # and read again when asked for
