@@ -127,7 +127,7 @@ async def run(ws: Workspace, engine: str, sizes: IntakeSizes) -> list[Result]:
             pushed = await _mix(bot, chart, n, made)
             made += pushed // 4
             rates["intake.mix"].append(_rates(pushed, await _through(bot, pushed)))
-        sends_per_update = len(bot.double.sent + bot.double.edits) / max(bot.processed, 1)
+        sends_per_update = bot.double.recorded / max(bot.processed, 1)
         made += (await _latency(bot, chart, min(1.0, sizes.latency_seconds), made))[1]  # warm
         waits, _ = await _latency(bot, chart, sizes.latency_seconds, made)
     out = [

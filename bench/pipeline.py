@@ -25,18 +25,25 @@ from bot.teledouble import JSON, DoubleRequest, TeleDouble
 from storage.db import make_engine, make_session_factory
 from storage.tables import KeyValue
 
+HISTORY = 2_000  # messages the double keeps: Telegram's store is not the bot's heap to carry
+
 
 class TimedDouble(TeleDouble):
-    """The double, noting when each reply to a person's message reaches it."""
+    """The double, noting when each reply to a person's message reaches it. It keeps only
+    its latest messages and records: kept, the tens of thousands of a long run would sit in
+    the bot's process, and each full pass of its garbage collector would walk them."""
 
     def __init__(self, **kw: Any) -> None:
+        kw.setdefault("history", HISTORY)
         super().__init__(token=TOKEN, **kw)
         self.replied: dict[tuple[int, int], float] = {}  # (chat, message replied to) -> when
         self.last_send = 0.0
+        self.recorded = 0  # messages sent and edited, all told
 
     def _record(self, into: list[Any], method: str, chat_id: int, msg: JSON, params: JSON):
         now = time.perf_counter()
         self.last_send = now
+        self.recorded += 1
         answered = (msg.get("reply_to_message") or {}).get("message_id")
         if answered is not None:
             self.replied.setdefault((chat_id, answered), now)

@@ -409,8 +409,14 @@ class TeleDouble:
         first_name: str = "Qunban",
         privacy_mode: bool = False,
         max_poll_wait: float | None = None,
+        history: int | None = None,
     ):
         self.token = token
+        # The most messages it keeps (the oldest are forgotten: editing or replying to one is
+        # then "not found"), and roughly the most records of calls; None keeps everything.
+        # A long run in the bot's own process keeps the bot's heap its own.
+        self.history = history
+        self._kept: deque[tuple[int, int]] = deque()  # (chat, message) in the order sent
         self._clock = clock if clock is not None else SystemClock()
         head = token.split(":", 1)[0]
         self.bot_id = int(head) if head.isdigit() else 123456789
@@ -831,6 +837,12 @@ class TeleDouble:
             **content,
         }
         room.messages[message_id] = msg
+        if self.history is not None:
+            self._kept.append((room.id, message_id))
+            while len(self._kept) > self.history:
+                chat_id, old = self._kept.popleft()
+                if (kept := self._chats.get(chat_id)) is not None:
+                    kept.messages.pop(old, None)
         return msg
 
     def _store_file(self, data: bytes, folder: str, suffix: str) -> _StoredFile:
@@ -868,6 +880,11 @@ class TeleDouble:
             for record in self.sent[marks[0] :] + self.edits[marks[1] :]:
                 record.response_dropped = True
             raise ResponseDropped(delivered=True)
+        if self.history is not None and not (self._faults.queue or self._faults.p_drop):
+            slack = self.history // 4 + 1  # trimmed now and then, not at every call
+            for records in (self.sent, self.edits, self.calls):
+                if len(records) > self.history + slack:
+                    del records[: len(records) - self.history]
         return result if shared else copy.deepcopy(result)
 
     @staticmethod

@@ -485,6 +485,30 @@ async def test_edits_of_missing_or_foreign_messages_are_refused(double: TeleDoub
     assert foreign.description == "Bad Request: message can't be edited"
 
 
+async def test_a_double_with_a_history_keeps_only_its_latest_messages(clock: ManualClock) -> None:
+    double = TeleDouble(clock=clock, history=3)
+    double.user_says(GROUP, ANA, "hello")  # joins the chat; its message counts too
+    sent = [
+        await double.call("sendMessage", {"chat_id": GROUP, "text": f"m{k}"}) for k in range(9)
+    ]
+
+    forgotten = await api_error(
+        double, "editMessageText", chat_id=GROUP, message_id=sent[0]["message_id"], text="x"
+    )
+    latest = await double.call(
+        "editMessageText", {"chat_id": GROUP, "message_id": sent[-1]["message_id"], "text": "x"}
+    )
+
+    assert forgotten.description == "Bad Request: message to edit not found"
+    assert latest["text"] == "x"
+    assert 3 <= len(double.sent) <= 4  # the records are trimmed back to the history now and then
+    assert double.sent[-1].text == "m8"
+    keeping = TeleDouble(clock=clock)
+    for k in range(9):
+        await keeping.call("sendMessage", {"chat_id": GROUP, "text": f"m{k}"})
+    assert len(keeping.sent) == 9  # by default everything is kept
+
+
 async def test_delete_message_within_48_hours_only(double: TeleDouble, clock: ManualClock) -> None:
     fresh = await double.call("sendMessage", {"chat_id": GROUP, "text": "a"})
     old = await double.call("sendMessage", {"chat_id": GROUP, "text": "b"})
