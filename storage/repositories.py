@@ -63,9 +63,13 @@ _PERSON_WITH_FIRM = (
 
 
 class OrgRepository(_Repository):
-    def __init__(self, session: AsyncSession, shared: OrgCache | None = None) -> None:
+    def __init__(
+        self, session: AsyncSession, shared: OrgCache | None = None, *, reads_only: bool = False
+    ) -> None:
         super().__init__(session)
         self._shared = shared
+        # a reader changes nothing: the cache's own snapshots serve it as they are
+        self._attach = not reads_only
         # The org chart barely changes, and one unit of work asks for the same rows again and
         # again (a report's card, its lines and its notes each name the enterprise, region and
         # department). An answer read once is kept for the unit of work: it also keeps the rows
@@ -87,7 +91,7 @@ class OrgRepository(_Repository):
             return value
         kept = shared.get(key)
         if kept is not MISSING:
-            if attach:
+            if attach and self._attach:
                 kept = shared.attach(kept, self.session.sync_session)
             value = self._known[key] = kept
             return value

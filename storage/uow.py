@@ -85,7 +85,7 @@ class UnitOfWork:
         self.session = self._sessions()
         if self._readonly and not _reads_only(self._sessions):
             await self.session.connection(execution_options={READONLY: True})
-        self.org = OrgRepository(self.session, self._org)
+        self.org = OrgRepository(self.session, self._org, reads_only=self._readonly)
         self.tickets = TicketRepository(self.session)
         self.events = EventRepository(self.session)
         self.outbox = OutboxRepository(self.session)

@@ -199,3 +199,26 @@ async def test_answers_past_their_time_do_not_pile_up(uows, engine, ticking):
     await _language(uows, org["tax_clerk"])  # a new answer, after the others' time is up
     assert len(cache) < kept
     assert await _language(uows, org["acme_boss"]) == "en"  # and read again when asked for
+
+
+async def test_a_reader_gets_the_kept_rows_as_they_are_and_a_writer_its_own_copies(uows, ticking):
+    """A unit of work that only reads is served the cache's snapshots without copying them into
+    its session; one that may write gets rows of its own, and its changes touch no snapshot."""
+    org = await build_org(uows)
+    async with uows(readonly=True) as uow:
+        await uow.org.person_by_telegram(org["tax_clerk"])  # read, and kept
+    async with uows(readonly=True) as uow:
+        shared = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert shared is not None
+        assert shared not in uow.session
+    async with uows() as uow:
+        mine = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert mine is not None
+        assert mine in uow.session
+        assert mine is not shared
+        mine.language = "en"  # and not committed
+    assert shared.language == "zh"
+    async with uows(readonly=True) as uow:
+        again = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert again is not None
+        assert again.language == "zh"
