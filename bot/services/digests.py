@@ -455,8 +455,8 @@ class DigestService:
             )
             clusters = await self._clusters(uow, await grouping)
         finally:
-            if not grouping.done():
-                await asyncio.wait({grouping})  # a thread cannot be stopped: let it finish
+            # a thread cannot be stopped: should the figures fail, let it finish, its outcome read
+            await asyncio.gather(grouping, return_exceptions=True)
         overdue = await self._overdue(uow, region_ids, now)
         ignored = await self._ignored(uow, ignored_rows)
         return Digest(
