@@ -50,7 +50,7 @@ def test_the_sender_case_scales_the_limits_down_to_what_the_machine_can_send() -
     assert sender.scale_for(10_000) == sender.SCALE  # a fast machine: Telegram's ×20
     assert sender.scale_for(30 * 20 * sender.HEADROOM) == 20
     assert sender.scale_for(30 * 20 * sender.HEADROOM - 1) == 10  # just short of ×20
-    assert sender.scale_for(500) == 10
+    assert sender.scale_for(700) == 10
     assert sender.scale_for(10) == 1  # never looser than nothing, never below Telegram's own
 
 
