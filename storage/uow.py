@@ -66,7 +66,6 @@ class UnitOfWork:
         self._sessions = sessions
         self._readonly = readonly
         self._marks_update = marks_update
-        self._committed = False
         self._writers = None if readonly else writers
         self._outbox: list[dict[str, Any]] = []  # queued messages, written at the commit
         self._events: list[dict[str, Any]] = []  # appended events, written at the next flush
@@ -99,15 +98,13 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # closing ends a transaction left open by rolling it back: a reader's, or a writer's
+        # that failed or did not commit (one step, where a rollback first had been two)
         try:
-            if not self._committed:
-                await self.session.rollback()
+            await self.session.close()
         finally:
-            try:
-                await self.session.close()
-            finally:
-                if self._writers is not None:
-                    self._writers.release()
+            if self._writers is not None:
+                self._writers.release()
 
     def queue_outbox(self, rows: list[dict[str, Any]]) -> None:
         """Outbox rows as plain values (`bot.notify.outbox_row`), written in call order with
@@ -153,20 +150,17 @@ class UnitOfWork:
         mark = current_update.get() if self._marks_update and not self._readonly else None
         if mark is None or mark.closed:
             await self.session.commit()
-            self._committed = True
             return
         mark.commits += 1
         if mark.marked:
             # the update's effect should be one transaction; say so where it is split
             log.debug("update %s committed again after it was marked processed", mark.update_id)
             await self.session.commit()
-            self._committed = True
             return
         if not await self.inbox.mark_processed(mark.update_id, mark.at):
             await self.session.rollback()
             raise UpdateAlreadyProcessedError(mark.update_id)
         await self.session.commit()
-        self._committed = True
         mark.marked = True
 
     async def flush(self) -> None:
