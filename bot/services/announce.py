@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bot.notify import Notifier, Origin
 from bot.services.org import OrgDirectory
-from bot.services.views import EventView
+from bot.services.views import EventView, TicketView
 from storage.tables import Person, Role, Ticket, TicketEvent
 from storage.uow import UnitOfWork
 
@@ -25,10 +25,12 @@ async def announce(
     origin: Origin | None,
     *,
     new: bool = False,
+    view: TicketView | None = None,
 ) -> None:
     """Queue everything people should learn from this event, in the same transaction;
-    `new`: the ticket was made in this one."""
-    view = await org.view(uow, ticket)
+    `new`: the ticket was made in this one; `view`: the ticket's view, when the caller has
+    it as it now stands."""
+    view = view or await org.view(uow, ticket)
     names = {actor.id: actor.name} if actor else {}
     line = EventView(
         kind=event.kind,

@@ -21,7 +21,7 @@ from bot.errors import (
 from bot.markup import clip
 from bot.notify import Notifier, Origin
 from bot.services.org import OrgDirectory, facts_of, working_span
-from bot.services.views import EventView, Outcome
+from bot.services.views import EventView, Outcome, TicketView
 from bot.tickets import Action, Actor
 from storage.tables import Attachment, Person, Role, Ticket, TicketEvent, TicketState, event_row
 from storage.uow import UnitOfWork, UnitOfWorkFactory
@@ -121,11 +121,13 @@ class TicketService:
             auto = None if move is None else self._append_move(uow, ticket, move, None, why, now)
             await uow.flush()
             self._attach(uow, ticket, event, attachments, now)
-            # one card, already showing where the routing rules sent it
-            await self._after(uow, ticket, event, person, Origin(chat_id, message_id), new=True)
-            if auto is not None:
-                await self._after(uow, ticket, auto, None, None)
+            # the ticket is final from here on: one view of it serves every message
             view = await self.org.view(uow, ticket)
+            # one card, already showing where the routing rules sent it
+            origin = Origin(chat_id, message_id)
+            await self._after(uow, ticket, event, person, origin, new=True, view=view)
+            if auto is not None:
+                await self._after(uow, ticket, auto, None, None, view=view)
             await uow.commit()
         return Outcome(view, "report")
 
@@ -489,11 +491,14 @@ class TicketService:
         origin: Origin | None,
         *,
         new: bool = False,
+        view: TicketView | None = None,
     ) -> None:
         from bot.services.announce import announce
 
         await uow.flush()
-        await announce(uow, self._notify, self.org, ticket, event, person, origin, new=new)
+        await announce(
+            uow, self._notify, self.org, ticket, event, person, origin, new=new, view=view
+        )
 
     async def _actor(self, uow: UnitOfWork, telegram_id: int) -> tuple[Person, Actor]:
         person = await uow.org.person_by_telegram(telegram_id)
