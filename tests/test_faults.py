@@ -217,7 +217,8 @@ async def test_killed_postgresql_connections_lose_no_update_and_double_no_ticket
 ):
     """Issue 5 point 2, RELIABILITY A9: the inbox worker files a stream of stored reports
     through the real ticket service while every connection to the database is killed five
-    times; it reconnects (pool_pre_ping), and each update is processed exactly once."""
+    times; it reconnects (a rested connection is pinged, a dead one in use retires the pool
+    and its update is retried), and each update is processed exactly once."""
     clock = ManualClock(T0)
     settings = make_settings()
     services = build_services(settings, clock=clock, engine=engine, limits=None)
