@@ -224,6 +224,10 @@ class InboxWorker:
                 chats.add(row.chat_id)
             else:
                 updates.add(row.update_id)
+            # let the sender take this update's replies before the next is handled: on SQLite
+            # a handler never waits, and a batch of updates would otherwise hold every reply
+            # of the batch until its last update was done
+            await asyncio.sleep(0)
         return progressed
 
     async def _lanes(

@@ -279,6 +279,34 @@ async def test_the_worker_handles_each_update_once_in_order_per_chat(harness, uo
     assert harness.final_errors == []
 
 
+async def test_what_one_update_queued_can_go_out_before_the_next_is_handled(harness, uows, clock):
+    """The worker lets other tasks (the sender) run between updates: on SQLite a handler never
+    waits, and the replies of a whole batch would otherwise wait for its last update."""
+    log: list[str] = []
+    woken = asyncio.Event()
+
+    async def effect(update: Update, context: Any) -> None:
+        log.append(f"handled {update.update_id}")
+        await add_effect(uows, update.update_id)
+
+    async def sender() -> None:
+        while True:
+            await woken.wait()
+            woken.clear()
+            log.append("sender ran")
+
+    harness.on_text(effect)
+    await store(uows, [message(i, "x") for i in (1, 2, 3)], clock=clock)
+    task = asyncio.create_task(sender())
+    await asyncio.sleep(0)
+    try:
+        report = await harness.worker(on_processed=woken.set).process_pending()
+    finally:
+        task.cancel()
+    assert report.processed == 3
+    assert log == ["handled 1", "sender ran", "handled 2", "sender ran", "handled 3", "sender ran"]
+
+
 async def test_an_update_no_handler_changes_anything_for_is_marked_processed(harness, uows, clock):
     async def chat(update: Update, context: Any) -> None:
         """Reads, answers nothing, changes nothing."""
