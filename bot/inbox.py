@@ -44,6 +44,17 @@ def chat_of(update: Mapping[str, Any]) -> int | None:
     return None
 
 
+def sender_of(update: Mapping[str, Any]) -> int | None:
+    """The Telegram user who made the update, when it names one."""
+    for kind, body in update.items():
+        if kind == "update_id" or not isinstance(body, Mapping):
+            continue
+        sender = body.get("from") or body.get("user")
+        if isinstance(sender, Mapping) and isinstance(sender.get("id"), int):
+            return int(sender["id"])
+    return None
+
+
 async def store_in(uow: UnitOfWork, updates: Sequence[Mapping[str, Any]], now: datetime) -> int:
     """Add raw updates to the inbox inside `uow` (not committed); returns how many were new."""
     rows = {}
@@ -288,6 +299,9 @@ class InboxWorker:
     async def _pending(self, held_chats: set[int]) -> list[_Stored]:
         async with self._uows(readonly=True) as uow:
             rows = await uow.inbox.pending(self._batch, skip_chats=held_chats)
+            # every update's first question is who sent it: asked here for the whole batch
+            # in one statement, the handlers find the answers in the org cache
+            await uow.org.know_people({p for r in rows if (p := sender_of(r.payload))})
             return [_Stored(r.update_id, r.chat_id, r.payload, r.attempts) for r in rows]
 
     async def _handle(self, row: _Stored, report: WorkReport) -> bool:

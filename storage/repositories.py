@@ -55,10 +55,12 @@ class _Repository:
         return True
 
 
-_PERSON_WITH_FIRM = (
-    select(Person, Enterprise)  # type: ignore[call-overload]
-    .outerjoin(Enterprise, col(Enterprise.id) == col(Person.enterprise_id))
-    .where(col(Person.telegram_id) == sa.bindparam("tg"))
+_WITH_FIRM = select(Person, Enterprise).outerjoin(  # type: ignore[call-overload]
+    Enterprise, col(Enterprise.id) == col(Person.enterprise_id)
+)
+_PERSON_WITH_FIRM = _WITH_FIRM.where(col(Person.telegram_id) == sa.bindparam("tg"))
+_PEOPLE_WITH_FIRMS = _WITH_FIRM.where(
+    col(Person.telegram_id).in_(sa.bindparam("tgs", expanding=True))
 )
 
 
@@ -203,6 +205,26 @@ class OrgRepository(_Repository):
             if self._shared is not None and read_in is not None:
                 self._shared.put(key, firm, read_in)
         return person  # type: ignore[no-any-return]
+
+    async def know_people(self, telegram_ids: Collection[int]) -> None:
+        """Read these Telegram users (and their enterprises) in one statement into the shared
+        cache, where the units of work that ask for them next find them: those the cache
+        holds already are not asked for, and one nobody knows is kept as nobody."""
+        shared = self._shared
+        if shared is None:
+            return
+        wanted = [t for t in telegram_ids if shared.get(("telegram", t)) is MISSING]
+        if not wanted:
+            return
+        read_in = shared.generation
+        rows = await self.session.exec(_PEOPLE_WITH_FIRMS, params={"tgs": wanted})  # type: ignore[call-overload]
+        found = {}
+        for person, firm in rows.all():
+            found[person.telegram_id] = person
+            if firm is not None:
+                shared.put(("enterprise", firm.id), firm, read_in)
+        for telegram_id in wanted:
+            shared.put(("telegram", telegram_id), found.get(telegram_id), read_in)
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())

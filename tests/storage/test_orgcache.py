@@ -222,3 +222,46 @@ async def test_a_reader_gets_the_kept_rows_as_they_are_and_a_writer_its_own_copi
         again = await uow.org.person_by_telegram(org["tax_clerk"])
         assert again is not None
         assert again.language == "zh"
+
+
+async def test_people_known_in_one_statement_need_no_query_of_their_own(engine, uows, ticking):
+    org = await build_org(uows)
+    statements = await _statements(engine)
+    stranger = 999_000_111
+    async with uows(readonly=True) as uow:
+        await uow.org.know_people({org["acme_boss"], org["tax_clerk"], stranger})
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1
+    statements.clear()
+    async with uows(readonly=True) as uow:
+        boss = await uow.org.person_by_telegram(org["acme_boss"])
+        assert boss is not None
+        assert boss.enterprise_id is not None
+        firm = await uow.org.enterprise(boss.enterprise_id)  # read with the person
+        assert firm is not None
+        clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert clerk is not None
+        assert clerk.telegram_id == org["tax_clerk"]
+        assert await uow.org.person_by_telegram(stranger) is None  # nobody, and known so
+    assert statements == []
+    async with uows(readonly=True) as uow:  # the known are not asked for again
+        await uow.org.know_people({org["acme_boss"], stranger})
+    assert statements == []
+
+
+async def test_someone_known_as_nobody_is_found_once_added_here(uows, ticking):
+    org = await build_org(uows)
+    newcomer = 999_000_222
+    async with uows(readonly=True) as uow:
+        await uow.org.know_people({newcomer})
+    async with uows() as uow:
+        clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert clerk is not None
+        uow.org.add(
+            Person(telegram_id=newcomer, name="新来的", role=clerk.role,
+                   department_id=clerk.department_id, region_id=clerk.region_id)
+        )  # fmt: skip
+        await uow.commit()
+    async with uows(readonly=True) as uow:
+        found = await uow.org.person_by_telegram(newcomer)
+        assert found is not None
+        assert found.name == "新来的"
