@@ -931,6 +931,18 @@ _ADD_UPDATES = {
     "sqlite": _add_updates(sa_sqlite.insert),
     "postgresql": _add_updates(sa_postgresql.insert),
 }
+# the worker asks at every pass: built once, and read as plain rows
+_PENDING = (
+    sa.select(_INBOX.c.update_id, _INBOX.c.chat_id, _INBOX.c.payload, _INBOX.c.attempts)
+    .where(~_INBOX.c.processed, ~_INBOX.c.parked)
+    .order_by(_INBOX.c.received_at, _INBOX.c.update_id)
+    .limit(sa.bindparam("limit"))
+)
+_PENDING_SKIPPING = _PENDING.where(
+    sa.or_(
+        _INBOX.c.chat_id.is_(None), _INBOX.c.chat_id.not_in(sa.bindparam("skip", expanding=True))
+    )
+)
 _MARK_PROCESSED = (
     sa.update(_INBOX)
     .where(_INBOX.c.update_id == sa.bindparam("update"), ~_INBOX.c.processed)
@@ -991,20 +1003,14 @@ class InboxRepository(_Repository):
 
     async def pending(
         self, limit: int = 100, *, skip_chats: Collection[int] = ()
-    ) -> Sequence[InboxUpdate]:
-        query = select(InboxUpdate).where(~col(InboxUpdate.processed), ~col(InboxUpdate.parked))
+    ) -> Sequence[Any]:
+        """The next updates to handle, oldest first, leaving out the chats held back: narrow
+        rows (update_id, chat_id, payload, attempts), not the inbox's entities."""
+        params: dict[str, Any] = {"limit": limit}
         if skip_chats:
-            query = query.where(
-                sa.or_(
-                    col(InboxUpdate.chat_id).is_(None),
-                    col(InboxUpdate.chat_id).not_in(list(skip_chats)),
-                )
-            )
-        return (
-            await self.session.exec(
-                query.order_by(InboxUpdate.received_at, InboxUpdate.update_id).limit(limit)
-            )
-        ).all()
+            params["skip"] = list(skip_chats)
+        query = _PENDING_SKIPPING if skip_chats else _PENDING
+        return (await self.session.exec(query, params=params)).all()  # type: ignore[call-overload]
 
     async def parked(self, limit: int = 50) -> Sequence[InboxUpdate]:
         query = select(InboxUpdate).where(col(InboxUpdate.parked))
