@@ -236,8 +236,8 @@ class InboxWorker:
             else:
                 updates.add(row.update_id)
             # let the sender take this update's replies before the next is handled: on SQLite
-            # a handler never waits, and a batch of updates would otherwise hold every reply
-            # of the batch until its last update was done
+            # a handler's statements run in place and give the loop no turn, and a batch of
+            # updates would otherwise hold every reply of the batch until its last was done
             await asyncio.sleep(0)
         return progressed
 
