@@ -32,26 +32,33 @@ ERROR_LIMIT = 4000  # characters of traceback kept with a failed update
 
 def chat_of(update: Mapping[str, Any]) -> int | None:
     """The chat an update belongs to (its order key), or the person for chatless updates."""
-    for kind, body in update.items():
-        if kind == "update_id" or not isinstance(body, Mapping):
-            continue
+    for body in _bodies(update):
         for holder in (body, body.get("message")):
             if isinstance(holder, Mapping) and isinstance(holder.get("chat"), Mapping):
                 return int(holder["chat"]["id"])
-        sender = body.get("from") or body.get("user")
-        if isinstance(sender, Mapping) and "id" in sender:
-            return int(sender["id"])
+        sender = _sender_in(body)
+        if sender is not None:
+            return sender
     return None
 
 
 def sender_of(update: Mapping[str, Any]) -> int | None:
     """The Telegram user who made the update, when it names one."""
-    for kind, body in update.items():
-        if kind == "update_id" or not isinstance(body, Mapping):
-            continue
-        sender = body.get("from") or body.get("user")
-        if isinstance(sender, Mapping) and isinstance(sender.get("id"), int):
-            return int(sender["id"])
+    for body in _bodies(update):
+        sender = _sender_in(body)
+        if sender is not None:
+            return sender
+    return None
+
+
+def _bodies(update: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [b for k, b in update.items() if k != "update_id" and isinstance(b, Mapping)]
+
+
+def _sender_in(body: Mapping[str, Any]) -> int | None:
+    sender = body.get("from") or body.get("user")
+    if isinstance(sender, Mapping) and isinstance(sender.get("id"), int):
+        return int(sender["id"])
     return None
 
 
