@@ -83,7 +83,7 @@ class Running:
     def on_processed(self) -> None:
         self.processed += 1
         self.processed_at = time.perf_counter()
-        self.services.sender.wake()
+        self.services.sender.wake(look=False)
         self._changed.set()
 
     async def until_processed(self, n: int, timeout: float = 600) -> None:

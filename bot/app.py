@@ -87,6 +87,7 @@ def build_services(
         ),
         people=PeopleService(uows, clock),
     )
+    uows.handoff = services.sender  # what the units of work queue goes to it by hand
     services.ops = Ops(settings, clock, uows, services.sender, engine=engine.dialect.name)
     services.admin = AdminService(services)
     services.nudges = NudgeService(uows, clock, calendar, settings, notifier, services.tickets)

@@ -42,6 +42,14 @@ if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 LEASE = timedelta(seconds=60)
+# the lease a message is written with when this process's sender takes it from the unit of
+# work that queued it: long enough for the limits to let it go, short enough that after a
+# crash another sender takes it soon
+BIRTH_LEASE = timedelta(seconds=15)
+# while messages come by hand, how often the sender still looks in the outbox for the rest
+# (other processes' messages, retries come due, leases lapsed), in seconds
+HANDED_LOOK = 0.05
+DONE_KEPT = 10_000  # chats whose last message sent the sender remembers
 MAX_ATTEMPTS = 12
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 _NO_PREVIEW_WIRE = {"is_disabled": True}
@@ -137,6 +145,7 @@ class OutboxSender:
         batch: int = CHATS,
         depth: int = DEPTH,
         lanes: int = LANES,
+        look_while_handed: float = HANDED_LOOK,
     ) -> None:
         self._uows = uows
         self._clock = clock
@@ -145,8 +154,16 @@ class OutboxSender:
         self._batch = batch
         self._depth = depth
         self._lanes = max(1, lanes)
+        self._look_while_handed = look_while_handed
         self._wake = asyncio.Event()
         self._woken = False  # rows were queued since the last claim
+        # messages this process queues, taken straight from the unit of work (`adopt`)
+        self._adopting = False
+        self._birth_owner = f"{self.instance[:48]}~{uuid.uuid4().hex[:8]}"
+        self._adopted: list[tuple[Claimed, int | None]] = []
+        self._done: dict[int, int] = {}  # chat -> the last of its rows this sender finished
+        self._last_claim = -math.inf  # loop time
+        self._claim_wanted = False  # a claim waits for HANDED_LOOK to pass
         self._waker: asyncio.Future[None] | None = None  # a drain waiting for news
         self._stopping = False
         self._draining = asyncio.Lock()  # one drain at a time: a row is never claimed twice
@@ -158,9 +175,35 @@ class OutboxSender:
         self._asking = 0  # sends of the drain in hand waiting for Telegram's answer
         self.stats = SenderStats()
 
-    def wake(self) -> None:
-        """Something was queued: drain now rather than at the next tick."""
-        self._woken = True
+    def wake(self, *, look: bool = True) -> None:
+        """Something was queued: drain now rather than at the next tick. `look=False`: by a
+        unit of work of this process, which hands its messages over (`adopt`) while `run`
+        runs; the outbox itself needs no look for them then."""
+        if look or not self._adopting:
+            self._woken = True
+        self._wake.set()
+        self._poke()
+
+    def birth_lease(self) -> tuple[str, timedelta] | None:
+        """While `run` runs: the lease under which a unit of work writes the messages it
+        queues, to hand them over here once committed (`adopt`)."""
+        if self._adopting and not self._stopping:
+            return self._birth_owner, BIRTH_LEASE
+        return None
+
+    def adopt(self, owner: str, rows: list[tuple[int, int | None, dict[str, Any]]]) -> None:
+        """Messages just committed under the lease of `birth_lease`: (id, the last row pending
+        before it in its chat when it was written, its values). They go out without a claim,
+        in order behind what the sender holds of their chats; one whose chat has a message
+        pending that the sender does not hold is left to a claim, which keeps the order."""
+        if owner != self._birth_owner:
+            return  # a lease of an earlier run: it lapses, and a claim takes the row
+        for outbox_id, before, row in rows:
+            payload = row["payload"]
+            fresh_until = row["created_at"] + BIRTH_LEASE / 2
+            claimed = Claimed(outbox_id, row["chat_id"], row["method"], payload, row["ticket_id"],
+                              row["is_card"], row["person_id"], 0, fresh_until)  # fmt: skip
+            self._adopted.append((claimed, before))
         self._wake.set()
         self._poke()
 
@@ -175,20 +218,39 @@ class OutboxSender:
         A drain waits for the limits itself (up to a second, or `idle` if longer) rather
         than give its rows back, and looks for rows queued meanwhile every `idle` seconds."""
         self._stopping = False
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                report = await self.drain(bot, patience=max(idle, 1.0), look_every=idle)
-                pause = idle if report.next_in is None else min(idle, max(report.next_in, 0.001))
-            except Exception:  # the sender must outlive any single bad moment
-                log.exception("outbox drain failed")
-                pause = idle
-            if self._stopping:
-                break
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=pause)
-            except TimeoutError:
-                pass
+        self._adopting = True
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    report = await self.drain(bot, patience=max(idle, 1.0), look_every=idle)
+                    pause = idle if report.next_in is None else min(idle, report.next_in)
+                except Exception:  # the sender must outlive any single bad moment
+                    log.exception("outbox drain failed")
+                    pause = idle
+                if self._claim_wanted:
+                    pause = min(pause, self._next_claim() - asyncio.get_running_loop().time())
+                if self._stopping:
+                    break
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(pause, 0.001))
+                except TimeoutError:
+                    pass
+        finally:
+            self._adopting = False
+            await self._let_go_adopted()
+
+    async def _let_go_adopted(self) -> None:
+        """Messages handed over but not taken into a drain: their leases given back."""
+        adopted, self._adopted = self._adopted, []
+        if not adopted:
+            return
+        try:
+            async with self._db, self._uows() as uow:
+                await uow.outbox.release([row.id for row, _ in adopted], self._birth_owner)
+                await uow.commit()
+        except Exception:
+            log.exception("outbox leases not given back; they lapse in %s", BIRTH_LEASE)
 
     async def drain(
         self,
@@ -217,6 +279,7 @@ class OutboxSender:
     async def _drain(self, p: _Pass, limit: int | None) -> None:
         while True:
             self._see_to_finished(p)
+            self._take_adopted(p)
             if p.claiming is not None and p.claiming.done():
                 claim, p.claiming = p.claiming, None
                 claim.result()  # its failure is the drain's, as if it had been awaited
@@ -253,6 +316,11 @@ class OutboxSender:
                 await self._nap(p, wait)
 
     def _claim_due(self, p: _Pass) -> bool:
+        # what this process queues comes by hand: the outbox is looked at now and then for
+        # the rest, not after each change
+        if self._adopting and asyncio.get_running_loop().time() < self._next_claim():
+            self._claim_wanted = True
+            return False
         if p.claims == 0:
             return True
         room = self._batch - len(p.queues)
@@ -264,13 +332,18 @@ class OutboxSender:
             return True
         return asyncio.get_running_loop().time() >= p.next_look
 
+    def _next_claim(self) -> float:
+        """While messages come by hand: the loop time the outbox is next looked at."""
+        return self._last_claim + self._look_while_handed
+
     async def _claim(self, p: _Pass) -> None:
         """Lease more rows, of chats not in hand; give back first the leases let go."""
         loose, p.loose = p.loose, []
-        self._woken = False
+        self._woken = self._claim_wanted = False
+        self._last_claim = asyncio.get_running_loop().time()
         now = self._clock.now()
         async with self._db, self._uows() as uow:
-            await uow.outbox.release(loose, self.instance)
+            await uow.outbox.release(loose, self.instance, self._birth_owner)
             rows = await uow.outbox.claim(
                 now,
                 now + LEASE,
@@ -353,18 +426,51 @@ class OutboxSender:
             error = task.exception()
             if error is not None and not isinstance(error, Exception):
                 raise error
-            if error is not None:  # the database failed, say: finish what is in flight
+            if error is not None or not task.result():
+                # the database failed, say (finish what is in flight), or the row waits for
+                # a retry (or its chat moved)
                 p.error = p.error or error
                 self._drop(p, chat, row)
-            elif not task.result():  # it waits for a retry (or its chat moved)
-                self._drop(p, chat, row)
-            elif p.queues[chat]:
+                continue
+            if len(self._done) >= DONE_KEPT:
+                self._done.clear()  # forgetting only sends a later message by a claim
+            self._done[chat] = row.id
+            if p.queues[chat]:
                 p.ready.append(chat)
             else:
                 del p.queues[chat]
                 if chat in p.deep:
                     p.deep.discard(chat)
                     p.more = True
+
+    def _take_adopted(self, p: _Pass) -> None:
+        """Put the messages handed over since the last look in hand, each behind its chat's."""
+        if not self._adopted:
+            return
+        adopted, self._adopted = self._adopted, []
+        let_go: set[int] = set()  # chats with a message left to a claim: the rest follow it
+        for row, before in adopted:
+            chat = row.chat_id
+            if chat in let_go or not self._next_in_chat(p, chat, before):
+                let_go.add(chat)
+                p.loose.append(row.id)
+                p.more = self._woken = True
+                continue
+            queue = p.queues.get(chat)
+            if queue is None:
+                queue = p.queues[chat] = deque()
+                p.ready.append(chat)
+            queue.append(row)
+
+    def _next_in_chat(self, p: _Pass, chat: int, before: int | None) -> bool:
+        """Whether a message whose chat had `before` pending ahead of it (None: nothing, or
+        nothing written before the statement that wrote it) may follow what is in hand."""
+        if before is None or before == self._done.get(chat):
+            return True
+        if any(r.id == before for r in p.queues.get(chat, ())):
+            return True
+        busy = p.busy.get(chat)
+        return busy is not None and busy[1].id == before
 
     def _drop(self, p: _Pass, chat: int, row: Claimed | None = None) -> None:
         """Let the chat's rows go; a claim takes them again when they may go."""
@@ -407,7 +513,7 @@ class OutboxSender:
             return
         try:
             async with self._db, self._uows() as uow:
-                await uow.outbox.release(loose, self.instance)
+                await uow.outbox.release(loose, self.instance, self._birth_owner)
                 await uow.commit()
         except Exception:
             if p.error is None:

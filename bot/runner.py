@@ -114,7 +114,7 @@ async def running(settings: Settings, clock: Clock, stop: asyncio.Event) -> Asyn
 
         def handled() -> None:
             metrics.updates_handled.inc()
-            services.sender.wake()
+            services.sender.wake(look=False)
 
         worker = InboxWorker(
             services.uows,

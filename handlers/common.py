@@ -181,7 +181,7 @@ async def reply(update: Update, context: BotContext, html: str, markup: Markup =
 
 def changed(context: BotContext) -> None:
     """A change was committed with its messages queued: let the sender go now."""
-    context.services.sender.wake()
+    context.services.sender.wake(look=False)
 
 
 Body = Callable[[Update, BotContext, Args], Awaitable[Any]]

@@ -690,6 +690,22 @@ class OutboxRepository(_Repository):
         if rows:
             await self.session.exec(_QUEUE_OUTBOX, params=list(rows))  # type: ignore[call-overload]
 
+    async def queue_returning(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, int | None]]:
+        """Queue as `queue` does; returns, for each row in order, its id and the id of the last
+        row pending before it in its chat when it was written (None when there was none)."""
+        if not rows:
+            return []
+        if self.session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            result = await self.session.exec(_QUEUE_OUTBOX_RETURNING, params=list(rows))  # type: ignore[call-overload]
+            return [(row[0], row[1]) for row in result.all()]
+        # SQLite promises no order of RETURNING, and SQLAlchemy, to keep it, would insert the
+        # rows one statement each; but under the write lock each row takes the next id after
+        # the highest, in the order of the VALUES, so the ids in order are the rows in order
+        result = await self.session.exec(_QUEUE_OUTBOX_RETURNING_ANY, params=list(rows))  # type: ignore[call-overload]
+        return sorted((row[0], row[1]) for row in result.all())
+
     async def due(
         self,
         now: datetime,
@@ -756,12 +772,12 @@ class OutboxRepository(_Repository):
         params = {"outbox_id": outbox_id, "at": at, "message_id": message_id}
         await self.session.exec(_MARK_SENT, params=params)  # type: ignore[call-overload]
 
-    async def release(self, outbox_ids: Collection[int], owner: str) -> None:
-        """Give back the leases this owner still holds on these rows."""
+    async def release(self, outbox_ids: Collection[int], *owners: str) -> None:
+        """Give back the leases these owners still hold on these rows."""
         if outbox_ids:
             await self.session.exec(  # type: ignore[call-overload]
                 sa.update(Outbox)
-                .where(col(Outbox.id).in_(list(outbox_ids)), col(Outbox.lease_owner) == owner)
+                .where(col(Outbox.id).in_(list(outbox_ids)), col(Outbox.lease_owner).in_(owners))
                 .values(lease_until=None)
             )
 
@@ -1277,4 +1293,14 @@ _ADD_NUDGES = {
     for name, insert in (("postgresql", sa_postgresql.insert), ("sqlite", sa_sqlite.insert))
 }
 _QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
+# the last row pending before each new one in its chat: written out, since SQLAlchemy renders
+# the columns of a RETURNING clause without their table, which a correlated subquery needs
+_PENDING_BEFORE = sa.literal_column(
+    "(SELECT max(before.id) FROM outbox AS before WHERE before.chat_id = outbox.chat_id"
+    f" AND before.state = '{OutboxState.PENDING.value}' AND before.id < outbox.id)"
+)
+_QUEUE_OUTBOX_RETURNING = _QUEUE_OUTBOX.returning(
+    _OUTBOX.c.id, _PENDING_BEFORE, sort_by_parameter_order=True
+)
+_QUEUE_OUTBOX_RETURNING_ANY = _QUEUE_OUTBOX.returning(_OUTBOX.c.id, _PENDING_BEFORE)
 _ADD_EVENTS = sa.insert(TicketEvent.__table__)  # type: ignore[attr-defined]

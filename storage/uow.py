@@ -6,9 +6,9 @@ import asyncio
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -52,6 +52,19 @@ class UpdateAlreadyProcessedError(Exception):
 current_update: ContextVar[UpdateMark | None] = ContextVar("current_update", default=None)
 
 
+class Handoff(Protocol):
+    """A sender of this process that takes the messages its units of work queue straight
+    from them, rather than finding them in the outbox with a query of its own."""
+
+    def birth_lease(self) -> tuple[str, timedelta] | None:
+        """The owner and length of the lease a message due at once is written with; None
+        while the sender is not taking messages."""
+
+    def adopt(self, owner: str, rows: list[tuple[int, int | None, dict[str, Any]]]) -> None:
+        """Messages committed under that lease: (id, the last row pending before it in its
+        chat when it was written, its values), in the order written."""
+
+
 class UnitOfWork:
     def __init__(
         self,
@@ -61,8 +74,11 @@ class UnitOfWork:
         marks_update: bool = True,
         writers: WriterTurn | None = None,
         org: OrgCache | None = None,
+        handoff: Handoff | None = None,
     ):
         self._org = org
+        self._handoff = None if readonly else handoff
+        self._handed: tuple[str, list[tuple[int, int | None, dict[str, Any]]]] | None = None
         self._sessions = sessions
         self._readonly = readonly
         self._marks_update = marks_update
@@ -134,7 +150,21 @@ class UnitOfWork:
             await self._write_events()
         if self._outbox:
             rows, self._outbox = self._outbox, []
-            await self.outbox.queue(rows)
+            lease = self._handoff.birth_lease() if self._handoff is not None else None
+            if lease is None:
+                await self.outbox.queue(rows)
+                return
+            # leased to this process's sender as they are written: no other sender takes them,
+            # and its own claims leave them to the handoff after the commit
+            owner, length = lease
+            for row in rows:
+                if row["not_before"] <= row["created_at"]:
+                    row["lease_owner"], row["lease_until"] = owner, row["created_at"] + length
+                else:
+                    row["lease_owner"], row["lease_until"] = None, None
+            written = await self.outbox.queue_returning(rows)
+            handed = [(i, before, row) for (i, before), row in zip(written, rows, strict=True)]
+            self._handed = (owner, [h for h in handed if h[2]["lease_owner"] is not None])
 
     @property
     def dialect(self) -> str:
@@ -149,19 +179,27 @@ class UnitOfWork:
         await self._write_outbox()
         mark = current_update.get() if self._marks_update and not self._readonly else None
         if mark is None or mark.closed:
-            await self.session.commit()
+            await self._commit()
             return
         mark.commits += 1
         if mark.marked:
             # the update's effect should be one transaction; say so where it is split
             log.debug("update %s committed again after it was marked processed", mark.update_id)
-            await self.session.commit()
+            await self._commit()
             return
         if not await self.inbox.mark_processed(mark.update_id, mark.at):
+            self._handed = None
             await self.session.rollback()
             raise UpdateAlreadyProcessedError(mark.update_id)
-        await self.session.commit()
+        await self._commit()
         mark.marked = True
+
+    async def _commit(self) -> None:
+        handed, self._handed = self._handed, None
+        await self.session.commit()
+        if handed is not None and handed[1]:
+            assert self._handoff is not None
+            self._handoff.adopt(*handed)
 
     async def flush(self) -> None:
         """The rows changed so far and the events appended (queued messages wait for the
@@ -218,6 +256,7 @@ class UnitOfWorkFactory:
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writers = WriterTurn() if sqlite else None
         self._org = org_cache_for(bind) if bind is not None else None
+        self.handoff: Handoff | None = None  # the sender of this process, once it runs
         # a reader whose answers all come from the org cache never takes a connection
         self._readers = (
             async_sessionmaker(class_=sessions.class_, **{**sessions.kw, "bind": _reader(bind)})
@@ -234,4 +273,5 @@ class UnitOfWorkFactory:
             marks_update=marks_update,
             writers=self._writers,
             org=self._org,
+            handoff=self.handoff,
         )
