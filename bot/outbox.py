@@ -265,6 +265,10 @@ class OutboxSender:
         every row in hand, rather than return."""
         async with self._draining:
             p = _Pass(bot, patience=patience, look_every=look_every)
+            if self._adopting:
+                # what this process queues comes by hand: a drain starts knowing of nothing
+                # more, and looks when the last look is `look_every` old
+                p.more, p.next_look = False, self._last_claim + look_every
             try:
                 await self._drain(p, limit)
             except BaseException:
@@ -316,11 +320,8 @@ class OutboxSender:
                 await self._nap(p, wait)
 
     def _claim_due(self, p: _Pass) -> bool:
-        # what this process queues comes by hand: the outbox is looked at now and then for
-        # the rest, not after each change
-        if self._adopting and asyncio.get_running_loop().time() < self._next_claim():
-            self._claim_wanted = True
-            return False
+        if self._adopting:
+            return self._look_due(p)
         if p.claims == 0:
             return True
         room = self._batch - len(p.queues)
@@ -332,8 +333,23 @@ class OutboxSender:
             return True
         return asyncio.get_running_loop().time() >= p.next_look
 
+    def _look_due(self, p: _Pass) -> bool:
+        """While what this process queues comes by hand, the outbox is looked at for the rest
+        (other processes' messages, retries come due, leases lapsed) every `look_every`, and
+        sooner when there is reason to (a wake that was no handover, rows let go, a claim
+        that left rows behind), but not more often than every `look_while_handed`."""
+        if len(p.queues) >= self._batch:
+            return False
+        now = asyncio.get_running_loop().time()
+        if self._woken or p.more:
+            if now >= self._next_claim():
+                return True
+            self._claim_wanted = True
+            return False
+        return now >= self._last_claim + p.look_every
+
     def _next_claim(self) -> float:
-        """While messages come by hand: the loop time the outbox is next looked at."""
+        """While messages come by hand: the loop time the outbox may next be looked at."""
         return self._last_claim + self._look_while_handed
 
     async def _claim(self, p: _Pass) -> None:
@@ -491,7 +507,8 @@ class OutboxSender:
             return
         loop = asyncio.get_running_loop()
         if p.look_every < math.inf and not p.busy and len(p.queues) < self._batch:
-            timeout = min(timeout, max(p.next_look - loop.time(), 0.0))  # time to look again
+            look = min(p.next_look, self._next_claim()) if self._claim_wanted else p.next_look
+            timeout = min(timeout, max(look - loop.time(), 0.0))  # time to look again
         waker = self._waker = loop.create_future()
         timer = loop.call_later(timeout, _resolve, waker) if timeout < math.inf else None
         try:

@@ -200,3 +200,24 @@ async def test_the_queue_says_each_row_s_id_and_the_row_pending_before_it(env: E
     assert c[1] is None
     # the row before d in its chat: b where the statement sees its own rows (SQLite), else a
     assert d[1] in (b[0], first[0])
+
+
+async def test_a_message_not_handed_over_goes_out_when_the_sender_is_told_to_look(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows written another way (another process, a row object) wait for a look in the
+    outbox: a wake that says so, or the periodic look; a wake for a handover makes none."""
+    claims = counted_claims(monkeypatch)
+    sender, running = await started(env, env.bot, look_while_handed=0)
+    await until(lambda: len(claims) == 1)
+    await env.add(Outbox(chat_id=GROUP, payload={"text": "written elsewhere"}, created_at=T0,
+                         not_before=T0))  # fmt: skip
+    await env.queue(COUNTY_GROUP, ["handed over"])
+    sender.wake(look=False)
+    await until(lambda: env.texts_to(COUNTY_GROUP) == ["handed over"])
+    assert len(claims) == 1
+    assert env.texts_to(GROUP) == []
+    sender.wake()
+    await until(lambda: env.texts_to(GROUP) == ["written elsewhere"])
+    await stopped(sender, running)
+    assert len(claims) == 2
