@@ -196,8 +196,8 @@ class OutboxSender:
         before it in its chat when it was written, its values). They go out without a claim,
         in order behind what the sender holds of their chats; one whose chat has a message
         pending that the sender does not hold is left to a claim, which keeps the order."""
-        if owner != self._birth_owner:
-            return  # a lease of an earlier run: it lapses, and a claim takes the row
+        if owner != self._birth_owner or not self._adopting:
+            return  # a lease of a run that has ended: it lapses, and a claim takes the row
         for outbox_id, before, row in rows:
             payload = row["payload"]
             fresh_until = row["created_at"] + BIRTH_LEASE / 2

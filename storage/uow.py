@@ -163,8 +163,13 @@ class UnitOfWork:
                 else:
                     row["lease_owner"], row["lease_until"] = None, None
             written = await self.outbox.queue_returning(rows)
-            handed = [(i, before, row) for (i, before), row in zip(written, rows, strict=True)]
-            self._handed = (owner, [h for h in handed if h[2]["lease_owner"] is not None])
+            handed = [
+                (outbox_id, before, row)
+                for (outbox_id, before), row in zip(written, rows, strict=True)
+                if row["lease_owner"] is not None
+            ]
+            earlier = self._handed[1] if self._handed and self._handed[0] == owner else []
+            self._handed = (owner, earlier + handed)
 
     @property
     def dialect(self) -> str:

@@ -221,3 +221,22 @@ async def test_a_message_not_handed_over_goes_out_when_the_sender_is_told_to_loo
     await until(lambda: env.texts_to(GROUP) == ["written elsewhere"])
     await stopped(sender, running)
     assert len(claims) == 2
+
+
+async def test_nothing_is_handed_to_a_sender_that_has_stopped(env: Env) -> None:
+    """A change committed after the sender stopped is written free for any sender; a handover
+    that comes late is not held in a list nobody drains (its rows' lease lapses)."""
+    sender, running = await started(env, env.bot)
+    lease = sender.birth_lease()
+    assert lease is not None
+    async with env.uows() as uow:
+        env.notifier.message(uow, GROUP, "late")
+        await stopped(sender, running)
+        await uow.commit()
+    assert sender.birth_lease() is None
+    late = outbox_row(GROUP, {"text": "later"}, now=env.clock.now())
+    sender.adopt(lease[0], [(10**6, None, late)])
+    assert not sender._adopted
+    assert [(r.lease_owner, r.lease_until) for r in await env.rows()] == [(None, None)]
+    await env.settle(env.sender(limits=None))
+    assert env.texts_to(GROUP) == ["late"]
