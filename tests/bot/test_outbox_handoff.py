@@ -62,6 +62,15 @@ async def started(env: Env, bot: Bot, **kwargs: Any) -> tuple[OutboxSender, asyn
     return sender, running
 
 
+async def second_waits(env: Env, sender: OutboxSender) -> None:
+    """A second message for the group is handed over and held back, one for another chat goes."""
+    await env.queue(GROUP, ["second"])
+    await env.queue(COUNTY_GROUP, ["elsewhere"])
+    await until(lambda: env.texts_to(COUNTY_GROUP) == ["elsewhere"])
+    await until(lambda: not sender._adopted)
+    assert env.texts_to(GROUP) == []
+
+
 async def stopped(sender: OutboxSender, running: asyncio.Task[None]) -> None:
     sender.stop()
     await running
@@ -105,11 +114,7 @@ async def test_a_message_waits_behind_one_of_its_chat_the_sender_does_not_hold(
         )
     )
     sender, running = await started(env, env.bot, look_while_handed=0)
-    await env.queue(GROUP, ["second"])
-    await env.queue(COUNTY_GROUP, ["elsewhere"])
-    await until(lambda: env.texts_to(COUNTY_GROUP) == ["elsewhere"])
-    await until(lambda: not sender._adopted)
-    assert env.texts_to(GROUP) == []
+    await second_waits(env, sender)
     async with env.uows() as uow:
         row = await uow.outbox.get(held)
         assert row is not None
@@ -127,11 +132,7 @@ async def test_a_message_waits_behind_one_of_its_chat_waiting_for_a_retry(env: E
         Outbox(chat_id=GROUP, payload={"text": "first"}, created_at=T0, not_before=retry_at)
     )
     sender, running = await started(env, env.bot, look_while_handed=0)
-    await env.queue(GROUP, ["second"])
-    await env.queue(COUNTY_GROUP, ["elsewhere"])
-    await until(lambda: env.texts_to(COUNTY_GROUP) == ["elsewhere"])
-    await until(lambda: not sender._adopted)
-    assert env.texts_to(GROUP) == []
+    await second_waits(env, sender)
     await stopped(sender, running)
     env.clock.advance(timedelta(minutes=5))
     await env.settle(env.sender(limits=None))
