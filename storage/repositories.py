@@ -1293,14 +1293,25 @@ _ADD_NUDGES = {
     for name, insert in (("postgresql", sa_postgresql.insert), ("sqlite", sa_sqlite.insert))
 }
 _QUEUE_OUTBOX = sa.insert(Outbox.__table__)  # type: ignore[attr-defined]
-# the last row pending before each new one in its chat: written out, since SQLAlchemy renders
-# the columns of a RETURNING clause without their table, which a correlated subquery needs
-_PENDING_BEFORE = sa.literal_column(
-    "(SELECT max(before.id) FROM outbox AS before WHERE before.chat_id = outbox.chat_id"
-    f" AND before.state = '{OutboxState.PENDING.value}' AND before.id < outbox.id)"
-)
+
+
+def _pending_before(indexed_by: str = "") -> Any:
+    """The last row pending before each new one in its chat, read from the chat's pending
+    rows (`ix_outbox_chat_pending`). Written out, since SQLAlchemy renders the columns of a
+    RETURNING clause without their table, which a correlated subquery needs."""
+    return sa.literal_column(
+        f"(SELECT max(before.id) FROM outbox AS before{indexed_by}"
+        " WHERE before.chat_id = outbox.chat_id"
+        f" AND before.state = '{OutboxState.PENDING.value}' AND before.id < outbox.id)"
+    )
+
+
 _QUEUE_OUTBOX_RETURNING = _QUEUE_OUTBOX.returning(
-    _OUTBOX.c.id, _PENDING_BEFORE, sort_by_parameter_order=True
+    _OUTBOX.c.id, _pending_before(), sort_by_parameter_order=True
 )
-_QUEUE_OUTBOX_RETURNING_ANY = _QUEUE_OUTBOX.returning(_OUTBOX.c.id, _PENDING_BEFORE)
+# SQLite's planner, without statistics, may as well take the chat's index and walk back over
+# every message the chat was ever sent (46 ms behind 100,000 of them): it is told which to use
+_QUEUE_OUTBOX_RETURNING_ANY = _QUEUE_OUTBOX.returning(
+    _OUTBOX.c.id, _pending_before(" INDEXED BY ix_outbox_chat_pending")
+)
 _ADD_EVENTS = sa.insert(TicketEvent.__table__)  # type: ignore[attr-defined]

@@ -206,6 +206,15 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_outbox_pending", "state", "not_before", "id"),
         sa.Index("ix_outbox_ticket", "ticket_id", "is_card"),  # is a ticket's card queued?
+        # the last message pending in a chat, asked as each new one is queued: the chat's
+        # pending few, not the years it has been sent
+        sa.Index(
+            "ix_outbox_chat_pending",
+            "chat_id",
+            "id",
+            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text("state = 'pending'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -11,13 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 from telegram import Bot
 
 from bot.notify import outbox_row
 from bot.outbox import BIRTH_LEASE, OutboxSender
 from bot.teledouble import DoubleRequest, TeleDouble
-from storage.repositories import OutboxRepository
+from storage.repositories import _QUEUE_OUTBOX_RETURNING_ANY, OutboxRepository
 from storage.tables import Outbox, OutboxState
 from storage.uow import UnitOfWorkFactory
 from tests.bot.test_outbox import T0, Env, open_env
@@ -241,3 +242,26 @@ async def test_nothing_is_handed_to_a_sender_that_has_stopped(env: Env) -> None:
     assert [(r.lease_owner, r.lease_until) for r in await env.rows()] == [(None, None)]
     await env.settle(env.sender(limits=None))
     assert env.texts_to(GROUP) == ["late"]
+
+
+async def test_the_last_pending_message_of_a_chat_is_found_among_its_pending_ones(
+    env: Env,
+) -> None:
+    """Asked as each message is queued: the chat's pending few through their own index, never
+    a walk back over everything the chat was ever sent (46 ms behind 100,000 sent messages)."""
+    async with env.uows() as uow:  # a transaction: SET LOCAL holds in it
+        if uow.dialect == "sqlite":
+            # the plan of the queue's own statement, its subquery's included
+            sql = str(_QUEUE_OUTBOX_RETURNING_ANY.compile(dialect=uow.session.bind.dialect))
+            conn = await uow.session.connection()
+            args = (None,) * sql.count("?")
+            rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, args)).all()
+        else:
+            # the table is empty: left to itself the planner would rather read it whole
+            await uow.session.exec(sa.text("SET LOCAL enable_seqscan = off"))
+            subquery = (
+                "EXPLAIN SELECT max(before.id) FROM outbox AS before WHERE before.chat_id = 7"
+                " AND before.state = 'pending' AND before.id < 100"
+            )
+            rows = (await uow.session.exec(sa.text(subquery))).all()
+    assert "ix_outbox_chat_pending" in " ".join(str(row) for row in rows)
