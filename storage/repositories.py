@@ -706,43 +706,6 @@ class OutboxRepository(_Repository):
         result = await self.session.exec(_QUEUE_OUTBOX_RETURNING_ANY, params=list(rows))  # type: ignore[call-overload]
         return sorted((row[0], row[1]) for row in result.all())
 
-    async def due(
-        self,
-        now: datetime,
-        *,
-        limit: int = 100,
-        skip_locked: bool = False,
-        owner: str | None = None,
-    ) -> Sequence[Outbox]:
-        """Pending rows whose time has come and that no other live sender holds; a sender
-        restarted under the same name takes back its own leases at once. Only the first
-        pending row of each chat: a long queue for one chat must not fill the batch and hold
-        up every other chat behind it."""
-        earlier = aliased(Outbox)
-        query = (
-            select(Outbox)
-            .where(Outbox.state == OutboxState.PENDING, Outbox.not_before <= now)
-            .where(
-                sa.or_(
-                    col(Outbox.lease_until).is_(None),
-                    col(Outbox.lease_until) < now,
-                    col(Outbox.lease_owner) == owner,
-                )
-            )
-            .where(
-                ~sa.exists().where(
-                    col(earlier.chat_id) == col(Outbox.chat_id),
-                    col(earlier.state) == OutboxState.PENDING,
-                    col(earlier.id) < col(Outbox.id),
-                )
-            )
-            .order_by(Outbox.id)
-            .limit(limit)
-        )
-        if skip_locked:
-            query = query.with_for_update(skip_locked=True)
-        return (await self.session.exec(query)).all()
-
     async def get(self, outbox_id: int) -> Outbox | None:
         return await self.session.get(Outbox, outbox_id)
 
@@ -757,20 +720,6 @@ class OutboxRepository(_Repository):
     async def card_queued(self, ticket_id: int) -> bool:
         query = select(Outbox.id).where(Outbox.ticket_id == ticket_id, col(Outbox.is_card))
         return (await self.session.exec(query.limit(1))).first() is not None
-
-    async def first_pending_in(self, chat_ids: Collection[int]) -> dict[int, int]:
-        """The id of each chat's first pending row (one query for a batch of chats)."""
-        query = (
-            select(Outbox.chat_id, sa.func.min(Outbox.id))  # type: ignore[call-overload]
-            .where(col(Outbox.chat_id).in_(list(chat_ids)), Outbox.state == OutboxState.PENDING)
-            .group_by(Outbox.chat_id)
-        )
-        return dict((await self.session.exec(query)).all())
-
-    async def mark_sent(self, outbox_id: int, at: datetime, message_id: int | None) -> None:
-        """Record Telegram's acceptance in one statement, the row unread."""
-        params = {"outbox_id": outbox_id, "at": at, "message_id": message_id}
-        await self.session.exec(_MARK_SENT, params=params)  # type: ignore[call-overload]
 
     async def release(self, outbox_ids: Collection[int], *owners: str) -> None:
         """Give back the leases these owners still hold on these rows."""
@@ -847,14 +796,6 @@ class OutboxRepository(_Repository):
         if sent:
             params = [{"outbox_id": i, "at": at, "message_id": m} for i, at, m in sent]
             await self.session.exec(_MARK_SENT_CORE, params=params)  # type: ignore[call-overload]
-
-    async def earlier_pending_in_chat(self, chat_id: int, before_id: int) -> bool:
-        query = select(Outbox.id).where(
-            Outbox.chat_id == chat_id,
-            Outbox.state == OutboxState.PENDING,
-            col(Outbox.id) < before_id,
-        )
-        return (await self.session.exec(query.limit(1))).first() is not None
 
 
 _IDS = sa_postgresql.ARRAY(sa.Integer)
@@ -963,18 +904,6 @@ _MARK_PROCESSED = (
     sa.update(_INBOX)
     .where(_INBOX.c.update_id == sa.bindparam("update"), ~_INBOX.c.processed)
     .values(processed=True, processed_at=sa.bindparam("at", type_=_INBOX.c.processed_at.type))
-)
-
-_MARK_SENT = (
-    sa.update(Outbox)
-    .where(col(Outbox.id) == sa.bindparam("outbox_id"))
-    .values(
-        state=OutboxState.SENT,
-        sent_at=sa.bindparam("at", type_=Outbox.__table__.c.sent_at.type),  # type: ignore[attr-defined]
-        sent_message_id=sa.bindparam("message_id"),
-        attempts=Outbox.attempts + 1,
-        lease_until=None,
-    )
 )
 
 _MARK_SENT_CORE = (
