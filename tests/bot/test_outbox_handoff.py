@@ -265,3 +265,30 @@ async def test_the_last_pending_message_of_a_chat_is_found_among_its_pending_one
             )
             rows = (await uow.session.exec(sa.text(subquery))).all()
     assert "ix_outbox_chat_pending" in " ".join(str(row) for row in rows)
+
+
+async def test_what_was_handed_over_as_the_sender_stopped_is_given_back(env: Env) -> None:
+    """Handed over in the moment `stop()` was called: not sent, and free for any sender at
+    once rather than when its lease lapses."""
+    sender, running = await started(env, env.bot)
+    lease = sender.birth_lease()
+    assert lease is not None
+    owner, length = lease
+    handed = await env.add(
+        Outbox(
+            chat_id=GROUP,
+            payload={"text": "handed"},
+            created_at=T0,
+            not_before=T0,
+            lease_owner=owner,
+            lease_until=T0 + length,
+        )
+    )
+    row = outbox_row(GROUP, {"text": "handed"}, now=T0)
+    sender.stop()
+    sender.adopt(owner, [(handed, None, row)])
+    await running
+    assert env.texts_to(GROUP) == []
+    assert (await env.row(handed)).lease_until is None
+    await env.settle(env.sender(limits=None))
+    assert env.texts_to(GROUP) == ["handed"]
