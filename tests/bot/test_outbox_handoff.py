@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -63,6 +63,13 @@ async def started(env: Env, bot: Bot, **kwargs: Any) -> tuple[OutboxSender, asyn
     return sender, running
 
 
+async def leased(env: Env, text: str, owner: str, until: datetime) -> int:
+    """A message for the group, due now, written with `owner`'s lease until `until`."""
+    row = Outbox(chat_id=GROUP, payload={"text": text}, created_at=T0, not_before=T0,
+                 lease_owner=owner, lease_until=until)  # fmt: skip
+    return await env.add(row)
+
+
 async def second_waits(env: Env, sender: OutboxSender) -> None:
     """A second message for the group is handed over and held back, one for another chat goes."""
     await env.queue(GROUP, ["second"])
@@ -104,16 +111,7 @@ async def test_a_message_waits_behind_one_of_its_chat_the_sender_does_not_hold(
 ) -> None:
     """Another sender holds the chat's first message: the one queued here after it is left
     to a claim, which takes it once that first one is gone; other chats go on meanwhile."""
-    held = await env.add(
-        Outbox(
-            chat_id=GROUP,
-            payload={"text": "first, with host-b"},
-            created_at=T0,
-            not_before=T0,
-            lease_owner="host-b",
-            lease_until=T0 + timedelta(hours=1),
-        )
-    )
+    held = await leased(env, "first, with host-b", "host-b", T0 + timedelta(hours=1))
     sender, running = await started(env, env.bot, look_while_handed=0)
     await second_waits(env, sender)
     async with env.uows() as uow:
@@ -274,16 +272,7 @@ async def test_what_was_handed_over_as_the_sender_stopped_is_given_back(env: Env
     lease = sender.birth_lease()
     assert lease is not None
     owner, length = lease
-    handed = await env.add(
-        Outbox(
-            chat_id=GROUP,
-            payload={"text": "handed"},
-            created_at=T0,
-            not_before=T0,
-            lease_owner=owner,
-            lease_until=T0 + length,
-        )
-    )
+    handed = await leased(env, "handed", owner, T0 + length)
     row = outbox_row(GROUP, {"text": "handed"}, now=T0)
     sender.stop()
     sender.adopt(owner, [(handed, None, row)])
