@@ -151,6 +151,9 @@ class _Chat:
     username: str | None = None
     next_message_id: int = 1
     messages: dict[int, JSON] = field(default_factory=dict)
+    # messages past the double's history, as JSON text: still there to edit, reply to or
+    # delete, as on Telegram, but no longer objects for the collector to walk
+    folded: dict[int, str] = field(default_factory=dict)
     kicked: bool = False
     migrated_to: int | None = None
     members: dict[int, str] = field(default_factory=dict)
@@ -412,9 +415,10 @@ class TeleDouble:
         history: int | None = None,
     ):
         self.token = token
-        # The most messages it keeps (the oldest are forgotten: editing or replying to one is
-        # then "not found"), and roughly the most records of calls; None keeps everything.
-        # A long run in the bot's own process keeps the bot's heap its own.
+        # The most messages it keeps as objects (older ones are kept folded into JSON text and
+        # unfolded when edited, replied to or deleted), and roughly the most records of calls;
+        # None keeps everything. A long run in the bot's own process keeps the bot's heap its
+        # own.
         self.history = history
         self._kept: deque[tuple[int, int]] = deque()  # (chat, message) in the order sent
         self._clock = clock if clock is not None else SystemClock()
@@ -621,14 +625,17 @@ class TeleDouble:
     def messages_in(self, chat_id: int, *, from_bot: bool | None = None) -> list[JSON]:
         """What the chat shows now (edits applied, deletions gone), oldest first."""
         chat = self._chats.get(chat_id)
-        found = [copy.deepcopy(m) for _, m in sorted(chat.messages.items())] if chat else []
+        found = []
+        if chat:
+            every = {**{k: json.loads(v) for k, v in chat.folded.items()}, **chat.messages}
+            found = [copy.deepcopy(m) for _, m in sorted(every.items())]
         if from_bot is None:
             return found
         return [m for m in found if (m.get("from", {}).get("id") == self.bot_id) == from_bot]
 
     def message(self, chat_id: int, message_id: int) -> JSON | None:
         chat = self._chats.get(chat_id)
-        found = chat.messages.get(message_id) if chat else None
+        found = self._stored(chat, message_id)
         return copy.deepcopy(found) if found else None
 
     def sent_to(self, chat_id: int) -> list[SentRecord]:
@@ -787,7 +794,7 @@ class TeleDouble:
         else:
             chat_id, message_id = ref["chat"]["id"], ref["message_id"]
         chat = self._chats.get(int(chat_id))
-        stored = chat.messages.get(int(message_id)) if chat else None
+        stored = self._stored(chat, int(message_id))
         if stored is None:
             raise LookupError(f"no message {message_id} in chat {chat_id}")
         return stored
@@ -836,14 +843,28 @@ class TeleDouble:
             "date": self._unix(),
             **content,
         }
-        room.messages[message_id] = msg
-        if self.history is not None:
-            self._kept.append((room.id, message_id))
-            while len(self._kept) > self.history:
-                chat_id, old = self._kept.popleft()
-                if (kept := self._chats.get(chat_id)) is not None:
-                    kept.messages.pop(old, None)
+        self._keep(room, msg)
         return msg
+
+    def _keep(self, room: _Chat, msg: JSON) -> None:
+        room.messages[msg["message_id"]] = msg
+        if self.history is None:
+            return
+        self._kept.append((room.id, msg["message_id"]))
+        while len(self._kept) > self.history:
+            chat_id, old = self._kept.popleft()
+            if (kept := self._chats.get(chat_id)) is not None and old in kept.messages:
+                kept.folded[old] = json.dumps(kept.messages.pop(old), ensure_ascii=False)
+
+    def _stored(self, chat: _Chat | None, message_id: int) -> JSON | None:
+        """The message as the chat shows it now, unfolded if it was folded away."""
+        if chat is None:
+            return None
+        found = chat.messages.get(message_id)
+        if found is None and message_id in chat.folded:
+            found = json.loads(chat.folded.pop(message_id))
+            self._keep(chat, found)
+        return found
 
     def _store_file(self, data: bytes, folder: str, suffix: str) -> _StoredFile:
         n = len(self._files) + 1
@@ -1167,7 +1188,7 @@ class TeleDouble:
         if message_id is None:
             return None
         allow = reply.get("allow_sending_without_reply", p.get("allow_sending_without_reply"))
-        target = chat.messages.get(int(message_id))
+        target = self._stored(chat, int(message_id))
         if target is None and not allow:
             raise _bad("message to be replied not found")
         return _without_reply(target) if target else None
@@ -1262,7 +1283,7 @@ class TeleDouble:
             message_id = int(p["message_id"])
         except (KeyError, TypeError, ValueError):
             raise _bad("message identifier is not specified") from None
-        msg = chat.messages.get(message_id)
+        msg = self._stored(chat, message_id)
         if msg is None:
             raise _bad("message to edit not found")
         if msg.get("from", {}).get("id") != self.bot_id:
@@ -1309,7 +1330,7 @@ class TeleDouble:
 
     def _delete_message(self, p: JSON) -> bool:
         chat = self._target(p, new_conversation=False)
-        msg = chat.messages.get(int(p.get("message_id") or 0))
+        msg = self._stored(chat, int(p.get("message_id") or 0))
         if msg is None:
             raise _bad("message to delete not found")
         if self._unix() - msg["date"] > DELETE_WINDOW.total_seconds():

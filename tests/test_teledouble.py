@@ -485,24 +485,38 @@ async def test_edits_of_missing_or_foreign_messages_are_refused(double: TeleDoub
     assert foreign.description == "Bad Request: message can't be edited"
 
 
-async def test_a_double_with_a_history_keeps_only_its_latest_messages(clock: ManualClock) -> None:
+async def test_a_double_with_a_history_folds_its_older_messages_and_trims_its_records(
+    clock: ManualClock,
+) -> None:
     double = TeleDouble(clock=clock, history=3)
     double.user_says(GROUP, ANA, "hello")  # joins the chat; its message counts too
     sent = [
         await double.call("sendMessage", {"chat_id": GROUP, "text": f"m{k}"}) for k in range(9)
     ]
+    room = double._chats[GROUP]
+    before = len(room.folded), len(room.messages)
 
-    forgotten = await api_error(
-        double, "editMessageText", chat_id=GROUP, message_id=sent[0]["message_id"], text="x"
+    edited = await double.call(
+        "editMessageText", {"chat_id": GROUP, "message_id": sent[0]["message_id"], "text": "x"}
     )
-    latest = await double.call(
-        "editMessageText", {"chat_id": GROUP, "message_id": sent[-1]["message_id"], "text": "x"}
+    same = await api_error(
+        double, "editMessageText", chat_id=GROUP, message_id=sent[1]["message_id"], text="m1"
     )
+    to = {"message_id": sent[2]["message_id"]}
+    answer = await double.call(
+        "sendMessage", {"chat_id": GROUP, "text": "re", "reply_parameters": to}
+    )
+    await double.call("deleteMessage", {"chat_id": GROUP, "message_id": sent[3]["message_id"]})
 
-    assert forgotten.description == "Bad Request: message to edit not found"
-    assert latest["text"] == "x"
+    assert before == (7, 3)  # the latest three are objects, the older ones text
+    assert (edited["message_id"], edited["text"]) == (sent[0]["message_id"], "x")
+    assert same.description.startswith("Bad Request: message is not modified")
+    assert answer["reply_to_message"]["text"] == "m2"
+    shown = [m.get("text") for m in double.messages_in(GROUP)]
+    assert shown == ["hello", "x", "m1", "m2", "m4", "m5", "m6", "m7", "m8", "re"]
+    assert len(room.messages) <= 3
     assert 3 <= len(double.sent) <= 4  # the records are trimmed back to the history now and then
-    assert double.sent[-1].text == "m8"
+    assert double.sent[-1].text == "re"
     keeping = TeleDouble(clock=clock)
     for k in range(9):
         await keeping.call("sendMessage", {"chat_id": GROUP, "text": f"m{k}"})
