@@ -173,6 +173,8 @@ class OutboxSender:
         self._recorder_killed = False
         self._gathering: asyncio.Future[None] | None = None  # a record waiting for more
         self._asking = 0  # sends of the drain in hand waiting for Telegram's answer
+        self._answers = 0  # answers come from Telegram, all told
+        self._gather_for = 0  # the count of answers a record waiting for more waits for
         self.stats = SenderStats()
 
     def wake(self, *, look: bool = True) -> None:
@@ -423,6 +425,9 @@ class OutboxSender:
         self.limiter.done(chat)
         p.asking -= 1
         self._asking = p.asking
+        self._answers += 1
+        if self._answers >= self._gather_for:
+            self._record_now()
         self._poke()
 
     def _ended(self, p: _Pass, chat: int, _task: asyncio.Task[bool]) -> None:
@@ -746,6 +751,9 @@ class OutboxSender:
             self._recorder = None
 
     async def _gather_more(self) -> None:
+        """Wait for the answers of the sends asking now (RECORD_WAIT at most), not for those
+        started meanwhile: a chat's next message waits for this record."""
+        self._gather_for = self._answers + self._asking
         loop = asyncio.get_running_loop()
         gathering = self._gathering = loop.create_future()
         timer = loop.call_later(RECORD_WAIT, _resolve, gathering)

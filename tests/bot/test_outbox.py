@@ -28,7 +28,7 @@ from bot.notify import Notifier
 from bot.outbox import LANES, LEASE, MAX_ATTEMPTS, Claimed, DrainReport, OutboxSender
 from bot.ratelimit import Limits, RateLimiter
 from bot.services.tickets import TicketService
-from bot.teledouble import DoubleRequest, TeleDouble
+from bot.teledouble import DoubleRequest, TeleDouble, request_params
 from storage.db import create_schema, make_engine, make_session_factory
 from storage.tables import ChatGroup, Outbox, OutboxState, Person, Ticket
 from storage.uow import UnitOfWorkFactory
@@ -1071,6 +1071,77 @@ async def test_answers_that_come_together_are_recorded_in_one_transaction(env):
     assert report.sent == LANES
     assert uows.writes - writes == 1  # one record for all the answers
     assert {r.state for r in await env.rows()} == {OutboxState.SENT}
+
+
+class ChatHeldRequest(DoubleRequest):
+    """Telegram takes each request at once; the answers to the chats of `gates` wait until
+    their gate is set."""
+
+    def __init__(self, double: TeleDouble, chats: Iterable[int]) -> None:
+        super().__init__(double)
+        self.gates = {chat: asyncio.Event() for chat in chats}
+        self.held = {chat: asyncio.Event() for chat in chats}
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        answer = await super().do_request(*args, **kwargs)
+        data = kwargs.get("request_data", args[2] if len(args) > 2 else None)
+        chat = int(request_params(data).get("chat_id", 0))  # the wire's parameters are text
+        if chat in self.gates:
+            self.held[chat].set()
+            await self.gates[chat].wait()
+        return answer
+
+
+class GatheringSender(OutboxSender):
+    """Says when a record starts waiting for more answers, and when one is written."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gathering = asyncio.Event()
+        self.written: list[list[int]] = []
+        self.wrote = asyncio.Event()
+
+    async def _gather_more(self) -> None:
+        self.gathering.set()
+        await super()._gather_more()
+
+    async def _write_sent(self, batch: Any) -> None:
+        await super()._write_sent(batch)
+        self.written.append([row.id for row, *_ in batch])
+        self.wrote.set()
+
+
+async def test_a_record_waits_for_the_answers_asked_for_before_it_not_for_later_sends(
+    env, monkeypatch
+):
+    """A chat's next message waits for the record of its last, and the record waits a
+    moment for the answers on their way to write them together; a send started meanwhile
+    must not keep it waiting (a stream of them would keep it to the end of RECORD_WAIT)."""
+    monkeypatch.setattr("bot.outbox.RECORD_WAIT", 3600.0)  # only the answers may end it
+    a, b, c = GROUP, GROUP - 1, GROUP - 2
+    [a1, a2] = await env.queue(a, ["a1", "a2"])
+    [b1] = await env.queue(b, ["b1"])
+    request = ChatHeldRequest(env.double, [b, c])
+    async with Bot(env.double.token, request=request) as bot:
+        sender = env.sender(limits=None, kind=GatheringSender, lanes=2)
+        drain = asyncio.create_task(sender.drain(bot))
+        await asyncio.wait_for(
+            sender.gathering.wait(), timeout=30
+        )  # a1 answered; b1's answer is on its way
+        [c1] = await env.queue(c, ["c1"])
+        sender.wake()
+        await asyncio.wait_for(
+            request.held[c].wait(), timeout=30
+        )  # c1 is with Telegram, started after the gathering
+        request.gates[b].set()
+        await asyncio.wait_for(sender.wrote.wait(), timeout=30)
+        first = sender.written[0]
+        request.gates[c].set()
+        report = await drain
+    assert sorted(first) == [a1, b1]  # written once b1 answered, c1 still asking
+    assert report.sent == 4
+    assert env.texts_to(a) == ["a1", "a2"]
+    assert {r.id for r in await env.rows() if r.state == OutboxState.SENT} == {a1, a2, b1, c1}
 
 
 async def test_stop_lets_the_sends_in_flight_finish_and_gives_the_rest_back(env):
