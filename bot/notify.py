@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,8 +142,9 @@ class Notifier:
         reply_to: int | None = None,
         new: bool = False,
     ) -> None:
-        """Post the ticket's card in its group, or edit the one already there. `new`: the
-        ticket was made in this unit of work, so it has no card yet."""
+        """Post the ticket's card in its group, or edit the one already there, unless the edit
+        would say what the card was last queued to say. `new`: the ticket was made in this
+        unit of work, so it has no card yet."""
         if ticket.group_chat_id is None:
             return
         html = texts.card(lang, self._tz, view)
@@ -149,6 +152,10 @@ class Notifier:
         first = new or (
             ticket.card_message_id is None and not await uow.card_queued(ticket.id)  # type: ignore[arg-type]
         )
+        digest = card_digest(html, buttons)
+        if not first and ticket.card_digest == digest:
+            return
+        ticket.card_digest = digest
         if first:
             self.message(
                 uow,
@@ -220,6 +227,12 @@ class Notifier:
             return
         html = texts.event_sentence(lang, view, event)
         self.message(uow, ticket.group_chat_id, html, ticket_id=ticket.id, reply_to=reply_to)
+
+
+def card_digest(html: str, buttons: list[list[dict[str, str]]]) -> str:
+    """A short fingerprint of what a card says: its text and its buttons."""
+    said = json.dumps([html, buttons], ensure_ascii=False, sort_keys=True).encode()
+    return hashlib.blake2b(said, digest_size=8).hexdigest()
 
 
 def people_of(groups: Sequence[Sequence[Person]]) -> list[Person]:

@@ -814,6 +814,10 @@ class OutboxSender:
                 person = await uow.org.person(fresh.person_id)
                 if person is not None:
                     person.dm_blocked = True
+            card_of = (fresh.payload or {}).get("card_of") or (fresh.is_card and fresh.ticket_id)
+            if card_of:
+                # the card does not say what was last queued for it: the next change edits it
+                await uow.tickets.forget_card_digest(card_of)
             await uow.commit()
 
     async def _migrate(self, old: int, new: int) -> None:

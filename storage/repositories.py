@@ -351,6 +351,11 @@ class TicketRepository(_Repository):
         found = await self.session.exec(_CARD_OF, params={"ticket": ticket_id})  # type: ignore[call-overload]
         return found.scalar_one_or_none()  # type: ignore[no-any-return]
 
+    async def forget_card_digest(self, ticket_id: int) -> None:
+        await self.session.exec(  # type: ignore[call-overload]
+            sa.update(Ticket).where(col(Ticket.id) == ticket_id).values(card_digest=None)
+        )
+
     async def intake_check(
         self, chat_id: int, message_id: int | None, reporter_id: int, since: datetime
     ) -> tuple[Ticket | None, int]:

@@ -140,6 +140,9 @@ class Ticket(SQLModel, table=True):
     source_message_id: int | None = Field(default=None, sa_type=TG_ID)
     group_chat_id: int | None = Field(default=None, sa_type=TG_ID, index=True)
     card_message_id: int | None = Field(default=None, sa_type=TG_ID)
+    # what the card was last queued to say (`bot.notify.card_digest`): an edit that would say
+    # the same again is not sent, so a group's messages go to what changed
+    card_digest: str | None = _str(16, default=None)
     promised_date: date | None = None
     created_at: datetime
     assigned_at: datetime | None = None

@@ -28,7 +28,7 @@ from bot.notify import Notifier
 from bot.outbox import LANES, LEASE, MAX_ATTEMPTS, Claimed, DrainReport, OutboxSender
 from bot.ratelimit import Limits, RateLimiter
 from bot.services.tickets import TicketService
-from bot.teledouble import DoubleRequest, TeleDouble, request_params
+from bot.teledouble import DoubleRequest, TeleDouble, parse_text, request_params
 from storage.db import create_schema, make_engine, make_session_factory
 from storage.tables import ChatGroup, Outbox, OutboxState, Person, Ticket
 from storage.uow import UnitOfWorkFactory
@@ -330,6 +330,35 @@ async def test_the_card_is_recorded_on_its_ticket_and_later_changes_edit_it(env)
     assert env.double.message(GROUP, card_id)["text"] == edits[-1].text
     assert (await env.ticket(number)).card_message_id == card_id
     assert [r.id for r in await env.rows() if r.is_card] == [card_row.id]
+
+
+async def test_a_card_edit_given_up_lets_the_next_change_set_the_card_right(env):
+    """A change that leaves the card as it was edits nothing; but once an edit of the card
+    is given up, the card no longer says what was last queued for it, and the next change
+    edits it even when it would say the same as the edit given up."""
+    sender = env.sender(limits=None)
+    number, card_id = await card_posted(env, sender)
+    await env.tickets.assign(env.org["city_coord"], number, "tax")
+    await env.tickets.claim(env.org["tax_clerk"], number)
+    *_, edit = [r for r in await env.pending() if r.method == "editMessageText"]
+    claimed = parse_text(edit.payload["text"], "HTML", None, limit=4096)[0]  # as it shows
+    async with env.uows() as uow:  # Telegram will refuse the claim's edit
+        row = await uow.outbox.get(edit.id)  # type: ignore[arg-type]
+        assert row is not None
+        row.payload = {**row.payload, "text": "<b>unclosed"}
+        await uow.commit()
+    await env.settle(sender)
+    assert (await env.row(edit.id)).state == OutboxState.FAILED
+    assert (await env.ticket(number)).card_digest is None
+    assert env.double.message(GROUP, card_id)["text"] != claimed
+    await env.tickets.progress(env.org["tax_clerk"], number, "halfway")
+    await env.settle(sender)
+    assert env.double.edits[-1].message_id == card_id
+    assert env.double.message(GROUP, card_id)["text"] == claimed
+    await env.tickets.progress(env.org["tax_clerk"], number, "almost")
+    edits = len(env.double.edits)
+    await env.settle(sender)
+    assert len(env.double.edits) == edits  # the card says it already
 
 
 async def test_an_edit_that_changes_nothing_counts_as_sent(env):
