@@ -8,6 +8,7 @@ import copy
 import functools
 import inspect
 import json
+import marshal
 import math
 import random
 import re
@@ -151,9 +152,9 @@ class _Chat:
     username: str | None = None
     next_message_id: int = 1
     messages: dict[int, JSON] = field(default_factory=dict)
-    # messages past the double's history, as JSON text: still there to edit, reply to or
+    # messages past the double's history, marshalled: still there to edit, reply to or
     # delete, as on Telegram, but no longer objects for the collector to walk
-    folded: dict[int, str] = field(default_factory=dict)
+    folded: dict[int, bytes] = field(default_factory=dict)
     kicked: bool = False
     migrated_to: int | None = None
     members: dict[int, str] = field(default_factory=dict)
@@ -415,7 +416,7 @@ class TeleDouble:
         history: int | None = None,
     ):
         self.token = token
-        # The most messages it keeps as objects (older ones are kept folded into JSON text and
+        # The most messages it keeps as objects (older ones are kept folded into bytes and
         # unfolded when edited, replied to or deleted), and roughly the most records of calls;
         # None keeps everything. A long run in the bot's own process keeps the bot's heap its
         # own.
@@ -627,7 +628,7 @@ class TeleDouble:
         chat = self._chats.get(chat_id)
         found = []
         if chat:
-            every = {**{k: json.loads(v) for k, v in chat.folded.items()}, **chat.messages}
+            every = {**{k: marshal.loads(v) for k, v in chat.folded.items()}, **chat.messages}
             found = [copy.deepcopy(m) for _, m in sorted(every.items())]
         if from_bot is None:
             return found
@@ -854,7 +855,7 @@ class TeleDouble:
         while len(self._kept) > self.history:
             chat_id, old = self._kept.popleft()
             if (kept := self._chats.get(chat_id)) is not None and old in kept.messages:
-                kept.folded[old] = json.dumps(kept.messages.pop(old), ensure_ascii=False)
+                kept.folded[old] = marshal.dumps(kept.messages.pop(old))
 
     def _stored(self, chat: _Chat | None, message_id: int) -> JSON | None:
         """The message as the chat shows it now, unfolded if it was folded away."""
@@ -862,7 +863,7 @@ class TeleDouble:
             return None
         found = chat.messages.get(message_id)
         if found is None and message_id in chat.folded:
-            found = json.loads(chat.folded.pop(message_id))
+            found = marshal.loads(chat.folded.pop(message_id))
             self._keep(chat, found)
         return found
 
