@@ -152,10 +152,11 @@ class Notifier:
         first = new or (
             ticket.card_message_id is None and not await uow.card_queued(ticket.id)  # type: ignore[arg-type]
         )
-        digest = card_digest(html, buttons)
-        if not first and ticket.card_digest == digest:
-            return
-        ticket.card_digest = digest
+        if not new:  # (a new ticket is written already: its card's fingerprint would be lost)
+            digest = card_digest(html, buttons)
+            if not first and ticket.card_digest == digest:
+                return
+            ticket.card_digest = digest
         if first:
             self.message(
                 uow,

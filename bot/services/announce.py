@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from bot.notify import Notifier, Origin
 from bot.services.org import OrgDirectory
 from bot.services.views import EventView, TicketView
-from storage.tables import Person, Role, Ticket, TicketEvent
+from storage.tables import AnyEvent, Person, Role, Ticket
 from storage.uow import UnitOfWork
 
 _TO_DEPARTMENT = {"assign", "approve_return", "transfer", "reject_return"}
@@ -20,7 +20,7 @@ async def announce(
     notify: Notifier,
     org: OrgDirectory,
     ticket: Ticket,
-    event: TicketEvent,
+    event: AnyEvent,
     actor: Person | None,
     origin: Origin | None,
     *,
@@ -80,7 +80,7 @@ async def _group_language(uow: UnitOfWork, ticket: Ticket) -> str:
     return group.language if group else "zh"
 
 
-async def _audience(uow: UnitOfWork, ticket: Ticket, event: TicketEvent) -> Sequence[Person]:
+async def _audience(uow: UnitOfWork, ticket: Ticket, event: AnyEvent) -> Sequence[Person]:
     kind = event.kind
     people: list[Person] = []
     if kind in _TO_DEPARTMENT and ticket.department_id:

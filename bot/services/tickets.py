@@ -23,7 +23,17 @@ from bot.notify import Notifier, Origin
 from bot.services.org import OrgDirectory, facts_of, working_span
 from bot.services.views import EventView, Outcome, TicketView
 from bot.tickets import Action, Actor
-from storage.tables import Attachment, Person, Role, Ticket, TicketEvent, TicketState, event_row
+from storage.tables import (
+    AnyEvent,
+    Attachment,
+    NewEvent,
+    Person,
+    Role,
+    Ticket,
+    TicketEvent,
+    TicketState,
+    event_row,
+)
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
 S = TicketState
@@ -355,7 +365,7 @@ class TicketService:
         now: Any,
         *,
         keep: bool = False,
-    ) -> TicketEvent:
+    ) -> AnyEvent:
         """Write the new facts onto the ticket and append the event that explains them."""
         self._apply(ticket, move, now)
         event = self._append_move(uow, ticket, move, actor_id, note, now, keep=keep)
@@ -388,7 +398,7 @@ class TicketService:
         now: Any,
         *,
         keep: bool = False,
-    ) -> TicketEvent:
+    ) -> AnyEvent:
         return self._append(
             uow,
             ticket,
@@ -442,30 +452,32 @@ class TicketService:
         now: Any,
         *,
         keep: bool = False,
-    ) -> TicketEvent:
+    ) -> AnyEvent:
         """The event, appended to the ticket's history; `keep`: as a row of the session,
         whose id is known after the next flush."""
-        event = TicketEvent(
-            ticket_id=ticket.id,
-            kind=kind,
-            actor_id=actor_id,  # type: ignore[arg-type]
-            from_state=from_state,
-            to_state=to_state,
-            note=note,
-            data=data,
-            at=now,
-        )
+        facts = {
+            "ticket_id": ticket.id,
+            "kind": kind,
+            "actor_id": actor_id,
+            "from_state": from_state,
+            "to_state": to_state,
+            "note": note,
+            "data": data,
+            "at": now,
+        }
         if keep:
-            uow.events.add(event)  # its attachments will refer to its id
-        else:
-            uow.append_events([event_row(event)])
+            kept = TicketEvent(**facts)
+            uow.events.add(kept)  # its attachments will refer to its id
+            return kept
+        event = NewEvent(**facts)
+        uow.append_events([event_row(event)])
         return event
 
     def _attach(
         self,
         uow: UnitOfWork,
         ticket: Ticket,
-        event: TicketEvent,
+        event: AnyEvent,
         attachments: Sequence[NewAttachment],
         now: Any,
     ) -> None:
@@ -486,7 +498,7 @@ class TicketService:
         self,
         uow: UnitOfWork,
         ticket: Ticket,
-        event: TicketEvent,
+        event: AnyEvent,
         person: Person | None,
         origin: Origin | None,
         *,
@@ -520,7 +532,7 @@ class TicketService:
         return self._clock.now().astimezone(self._settings.tz).date()
 
 
-def event_view(event: TicketEvent, actor_name: str | None) -> EventView:
+def event_view(event: AnyEvent, actor_name: str | None) -> EventView:
     return EventView(
         kind=event.kind,
         at=event.at,
