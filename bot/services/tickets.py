@@ -33,6 +33,7 @@ from storage.tables import (
     TicketEvent,
     TicketState,
     event_row,
+    fresh_row,
 )
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -100,7 +101,8 @@ class TicketService:
             region_id, group_chat = await self._intake_place(uow, person, chat_id, private)
             if recent >= self._settings.report_limit_per_hour:  # type: ignore[operator]
                 raise RateLimitedError(limit=self._settings.report_limit_per_hour)
-            ticket = Ticket(
+            ticket = fresh_row(
+                Ticket,
                 state=S.REPORTED,
                 region_id=region_id,
                 enterprise_id=person.enterprise_id,
