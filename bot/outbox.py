@@ -162,6 +162,9 @@ class OutboxSender:
         self._birth_owner = f"{self.instance[:48]}~{uuid.uuid4().hex[:8]}"
         self._adopted: list[tuple[Claimed, int | None]] = []
         self._done: dict[int, int] = {}  # chat -> the last of its rows this sender finished
+        # ticket -> its card's (chat, message), as this sender recorded it: the edits of a
+        # card it posted need not ask the database where the card is
+        self._cards: dict[int, tuple[int, int]] = {}
         self._last_claim = -math.inf  # loop time
         self._claim_wanted = False  # a claim waits for HANDED_LOOK to pass
         self._waker: asyncio.Future[None] | None = None  # a drain waiting for news
@@ -614,7 +617,8 @@ class OutboxSender:
         (None when its answer names none)."""
         p = row.payload
         if row.method == "editMessageText":
-            message_id = await self._card_message_id(p.get("card_of")) or p.get("message_id")
+            card = await self._card_message_id(p.get("card_of"), row.chat_id)
+            message_id = card or p.get("message_id")
             if message_id is None:
                 return await self._send_text(bot, row, p)
             if not _plain(bot):
@@ -672,11 +676,24 @@ class OutboxSender:
         }
         return _message_id(await bot._post("sendMessage", params))
 
-    async def _card_message_id(self, ticket_id: int | None) -> int | None:
+    async def _card_message_id(self, ticket_id: int | None, chat_id: int) -> int | None:
+        """Where the ticket's card is, for an edit of it in this chat. (A card this sender
+        knows in another chat is not this one: the group has moved, and its card with it.)"""
         if ticket_id is None:
             return None
+        known = self._cards.get(ticket_id)
+        if known is not None and known[0] == chat_id:
+            return known[1]
         async with self._db, self._uows(readonly=True) as uow:
             return await uow.tickets.card_message_id(ticket_id)
+
+    def _remember_cards(self, cards: list[tuple[int, int, int, bool]]) -> None:
+        """(ticket, chat, message, posted anew), as `remember_cards` takes them."""
+        if len(self._cards) + len(cards) > DONE_KEPT:
+            self._cards.clear()  # forgetting only makes an edit ask the database
+        for ticket_id, chat_id, message_id, reposted in cards:
+            if reposted or ticket_id not in self._cards:
+                self._cards[ticket_id] = (chat_id, message_id)
 
     async def _bad_request(
         self, bot: Bot, row: Claimed, err: BadRequest, report: DrainReport
@@ -687,6 +704,10 @@ class OutboxSender:
             report.sent += 1
             return True
         if row.method == "editMessageText" and "message to edit not found" in text:
+            if self._cards.pop(row.payload.get("card_of"), None) is not None:
+                # what this sender knew of the card may be out of date (another sender
+                # posted it anew): the row goes again, asking the database where it is
+                return False
             # the card was deleted in the group: post it anew and make that the card
             async with self._db, self._uows() as uow:
                 fresh = await uow.outbox.get(row.id)  # type: ignore[arg-type]
@@ -774,7 +795,7 @@ class OutboxSender:
         (only this sender, holding its lease, changes it meanwhile)."""
         async with self._db, self._uows() as uow:
             await uow.outbox.mark_all_sent([(row.id, at, mid) for row, at, mid, _ in batch])
-            cards = []
+            cards, where = [], []
             for row, _, message_id, _ in batch:
                 card_of = row.ticket_id or row.payload.get("card_of")
                 if (
@@ -785,8 +806,10 @@ class OutboxSender:
                     # an edit posted anew (its card was deleted) is the card from now on
                     reposted = row.method == "sendMessage" and "card_of" in row.payload
                     cards.append((card_of, message_id, reposted))
+                    where.append((card_of, row.chat_id, message_id, reposted))
             await uow.tickets.remember_cards(cards)
             await uow.commit()
+        self._remember_cards(where)
 
     async def _retry(
         self, row: Claimed, seconds: float, error: str, *, count: bool = True
@@ -825,6 +848,7 @@ class OutboxSender:
         async with self._db, self._uows() as uow:
             await uow.org.move_chat(old, new)
             await uow.commit()
+        self._cards.clear()  # the cards of the old chat are no longer where they were
 
 
 def _plain(bot: Bot) -> bool:

@@ -30,6 +30,7 @@ from bot.ratelimit import Limits, RateLimiter
 from bot.services.tickets import TicketService
 from bot.teledouble import DoubleRequest, TeleDouble, parse_text, request_params
 from storage.db import create_schema, make_engine, make_session_factory
+from storage.repositories import TicketRepository
 from storage.tables import ChatGroup, Outbox, OutboxState, Person, Ticket
 from storage.uow import UnitOfWorkFactory
 from tests.factories import COUNTY_GROUP, GROUP, Org, build_org
@@ -389,6 +390,60 @@ async def test_a_card_deleted_in_the_group_is_posted_again_and_edited_from_then_
     edits = [e.message_id for e in env.double.edits if e.method == "editMessageText"]
     assert edits == [reposted]  # the new card is edited, not posted a third time
     assert len([r for r in await env.rows() if r.is_card]) == 2
+    assert {r.state for r in await env.rows()} == {OutboxState.SENT}
+
+
+@pytest.fixture
+def card_lookups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The tickets whose card the database is asked for, in order."""
+    asked: list[int] = []
+    lookup = TicketRepository.card_message_id
+
+    async def counted(self: TicketRepository, ticket_id: int) -> int | None:
+        asked.append(ticket_id)
+        return await lookup(self, ticket_id)
+
+    monkeypatch.setattr(TicketRepository, "card_message_id", counted)
+    return asked
+
+
+async def test_the_sender_edits_a_card_it_posted_without_asking_where_it_is(env, card_lookups):
+    sender = env.sender(limits=None)
+    number, card_id = await card_posted(env, sender)
+    await env.tickets.assign(env.org["city_coord"], number, "tax")
+    await env.tickets.claim(env.org["tax_clerk"], number)
+    await env.settle(sender)
+    edits = [e.message_id for e in env.double.edits if e.method == "editMessageText"]
+    assert edits == [card_id, card_id]
+    assert card_lookups == []
+    other = env.sender(limits=None)  # a sender that did not post it asks, once
+    await env.tickets.resolve(env.org["tax_clerk"], number, "done")
+    await env.settle(other)
+    assert env.double.edits[-1].message_id == card_id
+    assert card_lookups == [number]
+
+
+async def test_a_card_another_sender_posted_anew_is_edited_there_not_posted_again(
+    env, card_lookups
+):
+    """This sender remembers the card it posted; another sender, finding it deleted, posted
+    it anew. The edit of the old one is refused, and the row goes again to the new one."""
+    sender = env.sender(limits=None)
+    number, card_id = await card_posted(env, sender)
+    await env.double.call("deleteMessage", {"chat_id": GROUP, "message_id": card_id})
+    anew = await env.double.call("sendMessage", {"chat_id": GROUP, "text": f"#{number} anew"})
+    async with env.uows() as uow:  # as the other sender records it
+        await uow.tickets.remember_cards([(number, anew["message_id"], True)])
+        await uow.commit()
+    posted = len(env.double.sent)
+    await env.tickets.assign(env.org["city_coord"], number, "tax")
+    await env.settle(sender)
+    edits = [e.message_id for e in env.double.edits if e.method == "editMessageText"]
+    assert edits == [anew["message_id"]]
+    assert env.double.message(GROUP, anew["message_id"])["text"].startswith(f"#{number}")
+    assert len([r for r in env.double.sent[posted:] if r.chat_id == GROUP]) == 1  # its line
+    assert (await env.ticket(number)).card_message_id == anew["message_id"]
+    assert card_lookups == [number]
     assert {r.state for r in await env.rows()} == {OutboxState.SENT}
 
 
