@@ -85,20 +85,23 @@ class OrgRepository(_Repository):
         """`attach=False`: a kept answer comes as the cache's own snapshots, not copied into
         this session, for rows only read (copying each of a county's departments cost more
         than the rest of a report's lookups)."""
-        if key in self._known:
-            return self._known[key]
+        # a writer's copies and the cache's own snapshots are kept apart: one asked for to be
+        # read must not be handed later to a caller that changes it
+        memo = key if attach or not self._attach else (*key, "read")
+        if memo in self._known:
+            return self._known[memo]
         shared = self._shared
         if shared is None:
-            value = self._known[key] = await read()
+            value = self._known[memo] = await read()
             return value
         kept = shared.get(key)
         if kept is not MISSING:
             if attach and self._attach:
                 kept = shared.attach(kept, self.session.sync_session)
-            value = self._known[key] = kept
+            value = self._known[memo] = kept
             return value
         read_in = shared.generation
-        value = self._known[key] = await read()
+        value = self._known[memo] = await read()
         shared.put(key, value, read_in)
         return value
 
@@ -106,8 +109,14 @@ class OrgRepository(_Repository):
         self._known.clear()
         super().add(row)
 
-    async def region(self, region_id: int) -> Region | None:
-        return await self._once(("region", region_id), lambda: self.session.get(Region, region_id))
+    async def region(self, region_id: int, *, read_only: bool = False) -> Region | None:
+        """`read_only`, here and below: a row only to be read (for its name, say) may be the
+        cache's own snapshot, not a copy in this unit of work's session."""
+        return await self._once(
+            ("region", region_id),
+            lambda: self.session.get(Region, region_id),
+            attach=not read_only,
+        )
 
     async def region_by_code(self, code: str) -> Region | None:
         return (await self.session.exec(select(Region).where(Region.code == code))).first()
@@ -151,9 +160,13 @@ class OrgRepository(_Repository):
             current = await self.region(current.parent_id) if current.parent_id else None
         return chain
 
-    async def department(self, department_id: int) -> Department | None:
+    async def department(
+        self, department_id: int, *, read_only: bool = False
+    ) -> Department | None:
         return await self._once(
-            ("department", department_id), lambda: self.session.get(Department, department_id)
+            ("department", department_id),
+            lambda: self.session.get(Department, department_id),
+            attach=not read_only,
         )
 
     async def department_by_code(self, code: str) -> Department | None:
@@ -176,9 +189,13 @@ class OrgRepository(_Repository):
             ("departments",), lambda: select(Department).order_by(Department.id)
         )
 
-    async def enterprise(self, enterprise_id: int) -> Enterprise | None:
+    async def enterprise(
+        self, enterprise_id: int, *, read_only: bool = False
+    ) -> Enterprise | None:
         return await self._once(
-            ("enterprise", enterprise_id), lambda: self.session.get(Enterprise, enterprise_id)
+            ("enterprise", enterprise_id),
+            lambda: self.session.get(Enterprise, enterprise_id),
+            attach=not read_only,
         )
 
     async def enterprise_by_code(self, code: str) -> Enterprise | None:
@@ -230,7 +247,7 @@ class OrgRepository(_Repository):
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
         return (await self.session.exec(query)).first()
 
-    async def people(self, ids: Sequence[int]) -> Sequence[Person]:
+    async def people(self, ids: Sequence[int], *, read_only: bool = False) -> Sequence[Person]:
         if not ids:
             return []
         # people this unit of work already holds (a report's author, say) need no query
@@ -239,7 +256,9 @@ class OrgRepository(_Repository):
         if all(p is not None for p in found):
             return found  # type: ignore[return-value]
         return await self._all_once(
-            ("people", *ids), lambda: select(Person).where(col(Person.id).in_(ids))
+            ("people", *ids),
+            lambda: select(Person).where(col(Person.id).in_(ids)),
+            attach=not read_only,
         )
 
     async def officials_of(

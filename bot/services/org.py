@@ -101,22 +101,21 @@ class OrgDirectory:
 
     async def view(self, uow: UnitOfWork, ticket: Ticket, *, timeline: bool = False) -> TicketView:
         """A snapshot of the ticket with names resolved (and its events when asked)."""
-        enterprise = await uow.org.enterprise(ticket.enterprise_id)
-        region = await uow.org.region(ticket.region_id)
+        org = uow.org  # rows read for their names only
+        enterprise = await org.enterprise(ticket.enterprise_id, read_only=True)
+        region = await org.region(ticket.region_id, read_only=True)
         department = (
-            await uow.org.department(ticket.department_id) if ticket.department_id else None
+            await org.department(ticket.department_id, read_only=True)
+            if ticket.department_id
+            else None
         )
         suggested = (
-            await uow.org.department(ticket.suggested_department_id)
+            await org.department(ticket.suggested_department_id, read_only=True)
             if ticket.suggested_department_id
             else None
         )
-        people = {
-            p.id: p
-            for p in await uow.org.people(
-                [i for i in (ticket.claimant_id, ticket.reporter_id) if i]
-            )
-        }
+        ids = [i for i in (ticket.claimant_id, ticket.reporter_id) if i]
+        people = {p.id: p for p in await org.people(ids, read_only=True)}
         events: tuple[EventView, ...] = ()
         attachments: tuple[AttachmentView, ...] = ()
         if timeline:

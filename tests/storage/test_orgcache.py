@@ -162,6 +162,31 @@ async def test_rows_only_read_are_shared_without_joining_the_session(uows, ticki
         assert seen.keywords == ["海关"]
 
 
+async def test_a_row_read_for_its_name_is_never_the_one_a_writer_then_changes(uows, ticking):
+    """A ticket's view reads its department for the name, as the cache's own snapshot; the
+    same unit of work asking for the department to change it gets its own copy all the same."""
+    org = await build_org(uows)
+    tax = org.depts["tax"]
+    async with uows(readonly=True) as uow:
+        await uow.org.department(tax)  # read, and kept
+    async with uows() as uow:
+        named = await uow.org.department(tax, read_only=True)
+        assert named is not None
+        assert named not in uow.session  # the cache's own, not copied
+        mine = await uow.org.department(tax)
+        assert mine is not None
+        assert mine is not named
+        assert mine in uow.session
+        mine.name = "税务局（新）"
+        assert named.name != "税务局（新）"
+        assert await uow.org.department(tax, read_only=True) is named
+        await uow.commit()
+    async with uows(readonly=True) as uow:
+        seen = await uow.org.department(tax)
+        assert seen is not None
+        assert seen.name == "税务局（新）"
+
+
 async def test_a_persons_enterprise_comes_with_them_and_is_kept_as_well(engine, uows, ticking):
     org = await build_org(uows)
     statements = await _statements(engine)
