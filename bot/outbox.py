@@ -795,7 +795,7 @@ class OutboxSender:
         (only this sender, holding its lease, changes it meanwhile)."""
         async with self._db, self._uows() as uow:
             await uow.outbox.mark_all_sent([(row.id, at, mid) for row, at, mid, _ in batch])
-            cards, where = [], []
+            cards: list[tuple[int, int, int, bool]] = []  # (ticket, chat, message, anew)
             for row, _, message_id, _ in batch:
                 card_of = row.ticket_id or row.payload.get("card_of")
                 if (
@@ -805,11 +805,10 @@ class OutboxSender:
                 ):
                     # an edit posted anew (its card was deleted) is the card from now on
                     reposted = row.method == "sendMessage" and "card_of" in row.payload
-                    cards.append((card_of, message_id, reposted))
-                    where.append((card_of, row.chat_id, message_id, reposted))
-            await uow.tickets.remember_cards(cards)
+                    cards.append((card_of, row.chat_id, message_id, reposted))
+            await uow.tickets.remember_cards([(t, m, anew) for t, _, m, anew in cards])
             await uow.commit()
-        self._remember_cards(where)
+        self._remember_cards(cards)
 
     async def _retry(
         self, row: Claimed, seconds: float, error: str, *, count: bool = True
