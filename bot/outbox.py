@@ -791,10 +791,10 @@ class OutboxSender:
     async def _write_sent(
         self, batch: list[tuple[Claimed, datetime, int | None, asyncio.Future[None]]]
     ) -> None:
-        """Three statements for the lot at most; each row as claimed says all that is needed
-        (only this sender, holding its lease, changes it meanwhile)."""
-        async with self._db, self._uows() as uow:
-            await uow.outbox.mark_all_sent([(row.id, at, mid) for row, at, mid, _ in batch])
+        """One statement for the lot on PostgreSQL, three at most on SQLite; each row as
+        claimed says all that is needed (only this sender, holding its lease, changes it
+        meanwhile)."""
+        async with self._db, self._uows.single() as uow:
             cards: list[tuple[int, int, int, bool]] = []  # (ticket, chat, message, anew)
             for row, _, message_id, _ in batch:
                 card_of = row.ticket_id or row.payload.get("card_of")
@@ -806,7 +806,10 @@ class OutboxSender:
                     # an edit posted anew (its card was deleted) is the card from now on
                     reposted = row.method == "sendMessage" and "card_of" in row.payload
                     cards.append((card_of, row.chat_id, message_id, reposted))
-            await uow.tickets.remember_cards([(t, m, anew) for t, _, m, anew in cards])
+            await uow.outbox.record_sent(
+                [(row.id, at, mid) for row, at, mid, _ in batch],
+                [(t, m, anew) for t, _, m, anew in cards],
+            )
             await uow.commit()
         self._remember_cards(cards)
 

@@ -821,6 +821,33 @@ class OutboxRepository(_Repository):
             params = [{"outbox_id": i, "at": at, "message_id": m} for i, at, m in sent]
             await self.session.exec(_MARK_SENT_CORE, params=params)  # type: ignore[call-overload]
 
+    async def record_sent(
+        self,
+        sent: Sequence[tuple[int, datetime, int | None]],
+        cards: Sequence[tuple[int, int, bool]],
+    ) -> None:
+        """`mark_all_sent` and `TicketRepository.remember_cards` together. On PostgreSQL it is
+        one statement, whole by itself: in a unit of work that commits each statement on its
+        own (`UnitOfWorkFactory.single`) the sender's record is one round trip where it had
+        been four (BEGIN, the two updates, COMMIT)."""
+        if self.session.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
+            await self.mark_all_sent(sent)
+            await TicketRepository(self.session).remember_cards(cards)
+            return
+        if not sent and not cards:
+            return
+        folded = fold_cards(cards)
+        params = {
+            "sent": OutboxState.SENT.value,
+            "ids": [i for i, _, _ in sent],
+            "ats": [at for _, at, _ in sent],
+            "mids": [m for _, _, m in sent],
+            "tids": list(folded),
+            "cmids": [m for m, _ in folded.values()],
+            "anew": [anew for _, anew in folded.values()],
+        }
+        await self.session.exec(_RECORD_SENT_PG, params=params)  # type: ignore[call-overload]
+
 
 _IDS = sa_postgresql.ARRAY(sa.Integer)
 
@@ -928,6 +955,40 @@ _MARK_PROCESSED = (
     sa.update(_INBOX)
     .where(_INBOX.c.update_id == sa.bindparam("update"), ~_INBOX.c.processed)
     .values(processed=True, processed_at=sa.bindparam("at", type_=_INBOX.c.processed_at.type))
+)
+
+
+def fold_cards(cards: Sequence[tuple[int, int, bool]]) -> dict[int, tuple[int, bool]]:
+    """(ticket, message, replace) taken in order, one per ticket: ticket -> (message, replace).
+    A replacement wins over what came before it; a first card counts only where nothing came
+    before it for its ticket (and then only where the ticket has none yet)."""
+    out: dict[int, tuple[int, bool]] = {}
+    for ticket_id, message_id, replace in cards:
+        if replace or ticket_id not in out:
+            out[ticket_id] = (message_id, replace)
+    return out
+
+
+_RECORD_SENT_PG = sa.text(
+    f"""
+    WITH sent AS (
+        UPDATE {_OUTBOX.name} SET state = :sent, sent_at = v.at, sent_message_id = v.mid,
+            attempts = {_OUTBOX.name}.attempts + 1, lease_until = NULL
+        FROM unnest(:ids, :ats, :mids) AS v(id, at, mid)
+        WHERE {_OUTBOX.name}.id = v.id
+    )
+    UPDATE {_TICKETS.name} SET card_message_id = CASE WHEN c.anew THEN c.mid
+        ELSE coalesce({_TICKETS.name}.card_message_id, c.mid) END
+    FROM unnest(:tids, :cmids, :anew) AS c(tid, mid, anew)
+    WHERE {_TICKETS.name}.id = c.tid
+    """
+).bindparams(
+    sa.bindparam("ids", type_=_IDS),
+    sa.bindparam("ats", type_=sa_postgresql.ARRAY(_OUTBOX.c.sent_at.type)),
+    sa.bindparam("mids", type_=sa_postgresql.ARRAY(sa.BigInteger)),
+    sa.bindparam("tids", type_=_IDS),
+    sa.bindparam("cmids", type_=sa_postgresql.ARRAY(sa.BigInteger)),
+    sa.bindparam("anew", type_=sa_postgresql.ARRAY(sa.Boolean)),
 )
 
 _MARK_SENT_CORE = (

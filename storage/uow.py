@@ -268,6 +268,14 @@ class UnitOfWorkFactory:
             if bind is not None
             else sessions
         )
+        self._singles = (
+            async_sessionmaker(
+                class_=sessions.class_,
+                **{**sessions.kw, "bind": bind.execution_options(isolation_level="AUTOCOMMIT")},
+            )
+            if bind is not None and bind.dialect.name == "postgresql"
+            else sessions
+        )
 
     def __call__(self, *, readonly: bool = False, marks_update: bool = True) -> UnitOfWork:
         """`marks_update=False`: an idempotent side commit (a member upsert, say) that must not
@@ -280,3 +288,11 @@ class UnitOfWorkFactory:
             org=self._org,
             handoff=self.handoff,
         )
+
+    def single(self) -> UnitOfWork:
+        """A unit of work for one statement that is whole by itself. On PostgreSQL the
+        statement commits on its own, without the BEGIN and COMMIT round trips of a
+        transaction (a second statement would commit apart from the first); on SQLite, where
+        those cost nothing on the wire, it is a transaction like any other. It never marks
+        an inbox update processed and hands no messages over."""
+        return UnitOfWork(self._singles, marks_update=False, writers=self._writers, org=self._org)

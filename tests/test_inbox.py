@@ -405,9 +405,16 @@ class Outage(UnitOfWorkFactory):
         self.down = False
 
     def __call__(self, **kwargs: Any) -> Any:
+        self._check()
+        return super().__call__(**kwargs)
+
+    def single(self) -> Any:
+        self._check()
+        return super().single()
+
+    def _check(self) -> None:
         if self.down:
             raise sa.exc.OperationalError("BEGIN", {}, ConnectionRefusedError("db down"))
-        return super().__call__(**kwargs)
 
 
 async def test_a_database_outage_counts_nothing_and_is_retried(harness, uows, clock):

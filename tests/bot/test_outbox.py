@@ -801,6 +801,10 @@ class KilledUows(UnitOfWorkFactory):
         self.switch.moment()
         return super().__call__(**kwargs)
 
+    def single(self) -> Any:
+        self.switch.moment()
+        return super().single()
+
 
 class KilledRequest(DoubleRequest):
     """The moment right after Telegram answered is one the process may die at too."""
@@ -1138,6 +1142,10 @@ class CountedUows(UnitOfWorkFactory):
         self.writes += not kwargs.get("readonly")
         return super().__call__(**kwargs)
 
+    def single(self) -> Any:
+        self.writes += 1
+        return super().single()
+
 
 async def test_answers_that_come_together_are_recorded_in_one_transaction(env):
     chats = [GROUP - n for n in range(LANES)]
@@ -1280,3 +1288,53 @@ async def test_the_cards_of_a_batch_are_remembered_in_a_statement_each_way(env):
     assert statements.count("UPDATE") == 2
     cards = [(await env.ticket(n)).card_message_id for n in numbers]
     assert cards == [100, 201, 300]
+
+
+async def test_a_record_marks_the_rows_and_cards_and_is_one_round_trip_on_postgresql(env):
+    """The sender's record: its rows sent (message id, time, one attempt more, no lease) and
+    the cards remembered as `remember_cards` would; on PostgreSQL one statement outside any
+    transaction (no BEGIN or COMMIT to wait for)."""
+    numbers = []
+    for message_id in (31, 32, 33):
+        outcome = await env.tickets.report(
+            env.org["beta_boss"], f"leak {message_id}", chat_id=GROUP, message_id=message_id
+        )
+        numbers.append(outcome.ticket.number)
+    a, b, c = numbers
+    async with env.uows() as uow:
+        await uow.tickets.remember_cards([(a, 100, False)])
+        await uow.commit()
+    first, second = (await env.rows())[:2]
+    at = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    statements: list[str] = []
+    engine = env.uows.sessions.kw["bind"].sync_engine
+    postgres = engine.dialect.name == "postgresql"
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with env.uows.single() as uow:
+            cards = [(a, 101, False), (b, 200, False), (c, 300, True), (b, 201, True)]
+            await uow.outbox.record_sent(
+                [(first.id, at, 501), (second.id, at, None)], [*cards, (c, 301, False)]
+            )
+            if postgres:
+                raw = await (await uow.session.connection()).get_raw_connection()
+                assert not raw.driver_connection.is_in_transaction()
+            await uow.commit()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == (1 if postgres else 3)
+    assert [(await env.ticket(n)).card_message_id for n in numbers] == [100, 201, 300]
+    for row, message_id in ((first, 501), (second, None)):
+        fresh = await env.row(row.id)
+        assert (fresh.state, fresh.sent_message_id, fresh.attempts, fresh.lease_until) == (
+            OutboxState.SENT,
+            message_id,
+            row.attempts + 1,
+            None,
+        )
+        assert fresh.sent_at is not None
+        assert fresh.sent_at.replace(tzinfo=UTC) == at

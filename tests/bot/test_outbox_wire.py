@@ -185,6 +185,9 @@ class HeldClaims:
     def __call__(self, **kwargs: Any) -> Any:
         return _Held(self, self.uows(**kwargs))
 
+    def single(self) -> Any:
+        return _Held(self, self.uows.single())
+
 
 class _Held:
     def __init__(self, owner: HeldClaims, uow: Any) -> None:
