@@ -77,7 +77,7 @@ async def drop(update: Update, context: BotContext, args: Args) -> None:
 
 def _update_id(args: Args) -> int:
     word = (args.word(0) or "").lstrip("#")
-    if not word.isdigit() or len(word) > 19 or len(args.words) != 1:
+    if not (word.isascii() and word.isdigit()) or len(word) > 19 or len(args.words) != 1:
         raise UsageError()
     return int(word)
 

@@ -146,3 +146,7 @@ async def test_retry_needs_the_number_of_a_parked_update(harness: Harness) -> No
     assert h.only_reply(await h.say("admin", "/retry")) == "Usage: /retry"
     assert h.only_reply(await h.say("admin", "/retry abc")) == "Usage: /retry"
     assert h.only_reply(await h.say("admin", "/retry 42")) == "That cannot be done."
+    # digits that are not the ten plain ones (a superscript, say) are no update number
+    for word in ("¹", "#²3", "٣"):
+        assert h.only_reply(await h.say("admin", f"/drop {word}")) == "Usage: /drop", word
+    assert h.errors == []
