@@ -85,25 +85,38 @@ class OrgRepository(_Repository):
         """`attach=False`: a kept answer comes as the cache's own snapshots, not copied into
         this session, for rows only read (copying each of a county's departments cost more
         than the rest of a report's lookups)."""
-        # a writer's copies and the cache's own snapshots are kept apart: one asked for to be
-        # read must not be handed later to a caller that changes it
-        memo = key if attach or not self._attach else (*key, "read")
+        found = self._kept(key, attach)
+        if found is not MISSING:
+            return found
+        read_in = None if self._shared is None else self._shared.generation
+        value = await read()
+        self._keep(key, value, read_in, attach)
+        return value
+
+    def _kept(self, key: tuple[Any, ...], attach: bool) -> Any:
+        """The answer to `key` kept by this unit of work or the shared cache, else MISSING."""
+        memo = self._memo(key, attach)
         if memo in self._known:
             return self._known[memo]
-        shared = self._shared
-        if shared is None:
-            value = self._known[memo] = await read()
-            return value
-        kept = shared.get(key)
+        if self._shared is None:
+            return MISSING
+        kept = self._shared.get(key)
         if kept is not MISSING:
             if attach and self._attach:
-                kept = shared.attach(kept, self.session.sync_session)
-            value = self._known[memo] = kept
-            return value
-        read_in = shared.generation
-        value = self._known[memo] = await read()
-        shared.put(key, value, read_in)
-        return value
+                kept = self._shared.attach(kept, self.session.sync_session)
+            self._known[memo] = kept
+        return kept
+
+    def _keep(self, key: tuple[Any, ...], value: Any, read_in: int | None, attach: bool) -> None:
+        """An answer just read (while the shared cache's generation was `read_in`)."""
+        self._known[self._memo(key, attach)] = value
+        if self._shared is not None and read_in is not None:
+            self._shared.put(key, value, read_in)
+
+    def _memo(self, key: tuple[Any, ...], attach: bool) -> tuple[Any, ...]:
+        # a writer's copies and the cache's own snapshots are kept apart: one asked for to be
+        # read must not be handed later to a caller that changes it
+        return key if attach or not self._attach else (*key, "read")
 
     def add(self, row: Any) -> None:
         self._known.clear()
@@ -255,11 +268,20 @@ class OrgRepository(_Repository):
         found = [held.get(identity_key(Person, i)) for i in ids]
         if all(p is not None for p in found):
             return found  # type: ignore[return-value]
-        return await self._all_once(
-            ("people", *ids),
-            lambda: select(Person).where(col(Person.id).in_(ids)),
-            attach=not read_only,
-        )
+        # each person is kept as `person` keeps them: a ticket's claimant and reporter, asked
+        # for together, are a pair seldom asked for again, but each is asked for often
+        attach = not read_only
+        kept = {i: self._kept(("person", i), attach) for i in ids}
+        missing = sorted({i for i, p in kept.items() if p is MISSING})
+        if missing:
+            read_in = None if self._shared is None else self._shared.generation
+            read = {
+                p.id: p for p in await self._all(select(Person).where(col(Person.id).in_(missing)))
+            }
+            for i in missing:
+                kept[i] = read.get(i)
+                self._keep(("person", i), kept[i], read_in, attach)
+        return [p for p in (kept[i] for i in dict.fromkeys(ids)) if p is not None]
 
     async def officials_of(
         self, department_id: int, *, heads_only: bool = False

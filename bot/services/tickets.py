@@ -374,7 +374,10 @@ class TicketService:
         if actor_id is not None:
             # a person acting answers the reminders; the scheduler's own moves do not
             await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
-        await uow.flush()
+        if keep:  # an event kept as a row gets its id now, for what refers to it
+            await uow.flush()
+        # otherwise the ticket is written at the commit, with what its card says (`announce`
+        # notes it) in the same UPDATE
         return event
 
     def _apply(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
@@ -509,7 +512,6 @@ class TicketService:
     ) -> None:
         from bot.services.announce import announce
 
-        await uow.flush()
         await announce(
             uow, self._notify, self.org, ticket, event, person, origin, new=new, view=view
         )

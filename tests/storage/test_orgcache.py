@@ -290,3 +290,37 @@ async def test_someone_known_as_nobody_is_found_once_added_here(uows, ticking):
         found = await uow.org.person_by_telegram(newcomer)
         assert found is not None
         assert found.name == "新来的"
+
+
+async def test_people_asked_for_together_are_kept_one_by_one(engine, uows, ticking):
+    """A ticket names its claimant and its reporter: a pair seldom asked for again, though
+    each of them is asked for often; each is kept on their own."""
+    org = await build_org(uows)
+    async with uows(readonly=True) as uow:
+        boss = await uow.org.person_by_telegram(org["acme_boss"])
+        clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+        head = await uow.org.person_by_telegram(org["tax_head"])
+        assert boss is not None
+        assert clerk is not None
+        assert head is not None
+        ids = [boss.id, clerk.id, head.id]
+    nobody = 987_654
+    statements = await _statements(engine)
+    async with uows(readonly=True) as uow:
+        pair = await uow.org.people([ids[0], ids[1]], read_only=True)
+        assert sorted(p.id for p in pair) == sorted(ids[:2])
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1
+    statements.clear()
+    async with uows() as uow:  # the same people, the other way round, for a writer
+        found = await uow.org.people([ids[1], ids[0]])
+        assert [p.id for p in found] == [ids[1], ids[0]]
+        person = await uow.org.person(ids[0])
+        assert person is found[1]  # the writer's own copy, one per person
+    assert statements == []  # not even a BEGIN
+    for _ in range(2):  # only those not yet asked for are read, nobody included, once
+        async with uows(readonly=True) as uow:
+            found = await uow.org.people([ids[2], nobody, ids[0]], read_only=True)
+            assert sorted(p.id for p in found) == sorted([ids[0], ids[2]])
+    selects = [s for s in statements if s.startswith("SELECT")]
+    assert len(selects) == 1
+    assert selects[0].count("?") + selects[0].count("$") == 2  # ids[2] and nobody
