@@ -1257,19 +1257,25 @@ async def test_stop_lets_the_sends_in_flight_finish_and_gives_the_rest_back(env)
     assert len([r for r in rows if r.state == OutboxState.PENDING]) == LANES * 4 - LANES
 
 
-async def test_the_cards_of_a_batch_are_remembered_in_a_statement_each_way(env):
-    """First cards never overwrite one already known; a card posted anew replaces it,
-    whichever came first in the batch."""
+async def three_tickets_the_first_with_a_card(env: Env, first_message: int) -> list[int]:
+    """Three tickets reported in the group; the first one's card is message 100."""
     numbers = []
-    for message_id in (21, 22, 23):
+    for message_id in range(first_message, first_message + 3):
         outcome = await env.tickets.report(
             env.org["beta_boss"], f"leak {message_id}", chat_id=GROUP, message_id=message_id
         )
         numbers.append(outcome.ticket.number)
-    a, b, c = numbers
     async with env.uows() as uow:
-        await uow.tickets.remember_cards([(a, 100, False)])
+        await uow.tickets.remember_cards([(numbers[0], 100, False)])
         await uow.commit()
+    return numbers
+
+
+async def test_the_cards_of_a_batch_are_remembered_in_a_statement_each_way(env):
+    """First cards never overwrite one already known; a card posted anew replaces it,
+    whichever came first in the batch."""
+    numbers = await three_tickets_the_first_with_a_card(env, 21)
+    a, b, c = numbers
     statements: list[str] = []
     engine = env.uows.sessions.kw["bind"].sync_engine
 
@@ -1294,16 +1300,8 @@ async def test_a_record_marks_the_rows_and_cards_and_is_one_round_trip_on_postgr
     """The sender's record: its rows sent (message id, time, one attempt more, no lease) and
     the cards remembered as `remember_cards` would; on PostgreSQL one statement outside any
     transaction (no BEGIN or COMMIT to wait for)."""
-    numbers = []
-    for message_id in (31, 32, 33):
-        outcome = await env.tickets.report(
-            env.org["beta_boss"], f"leak {message_id}", chat_id=GROUP, message_id=message_id
-        )
-        numbers.append(outcome.ticket.number)
+    numbers = await three_tickets_the_first_with_a_card(env, 31)
     a, b, c = numbers
-    async with env.uows() as uow:
-        await uow.tickets.remember_cards([(a, 100, False)])
-        await uow.commit()
     first, second = (await env.rows())[:2]
     at = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
     statements: list[str] = []
