@@ -752,6 +752,19 @@ class OutboxRepository(_Repository):
         result = await self.session.exec(_QUEUE_OUTBOX_RETURNING_ANY, params=list(rows))  # type: ignore[call-overload]
         return sorted((row[0], row[1]) for row in result.all())
 
+    async def queue_marking(
+        self, rows: Sequence[dict[str, Any]], update_id: int, at: datetime
+    ) -> tuple[list[tuple[int, int | None]], bool]:
+        """PostgreSQL: `queue_returning`, and in the same statement the inbox update marked
+        processed as `InboxRepository.mark_processed` marks it; also whether it was (False:
+        someone else had; the caller rolls back). One round trip where they had been two."""
+        if not rows:
+            raise ValueError("nothing to queue: mark the update with mark_processed")
+        params = [{**row, "mark_update": update_id, "mark_at": at} for row in rows]
+        result = (await self.session.exec(_QUEUE_OUTBOX_MARKING, params=params)).all()  # type: ignore[call-overload]
+        # a long list goes in several statements, each with the mark: the first one marks
+        return [(row[0], row[1]) for row in result], any(row[2] for row in result)
+
     async def get(self, outbox_id: int) -> Outbox | None:
         return await self.session.get(Outbox, outbox_id)
 
@@ -1344,6 +1357,24 @@ def _pending_before(indexed_by: str = "") -> Any:
 
 _QUEUE_OUTBOX_RETURNING = _QUEUE_OUTBOX.returning(
     _OUTBOX.c.id, _pending_before(), sort_by_parameter_order=True
+)
+_MARKED = (
+    sa.text(
+        f"UPDATE {InboxUpdate.__tablename__} SET processed = true, processed_at = :mark_at"
+        " WHERE update_id = :mark_update AND NOT processed RETURNING update_id"
+    )
+    .bindparams(
+        sa.bindparam("mark_at", type_=InboxUpdate.__table__.c.processed_at.type),  # type: ignore[attr-defined]
+        sa.bindparam("mark_update", type_=sa.BigInteger),
+    )
+    .columns(update_id=sa.BigInteger)
+    .cte("marked")
+)
+_QUEUE_OUTBOX_MARKING = _QUEUE_OUTBOX.add_cte(_MARKED).returning(
+    _OUTBOX.c.id,
+    _pending_before(),
+    sa.select(sa.func.count()).select_from(_MARKED).scalar_subquery(),
+    sort_by_parameter_order=True,
 )
 # SQLite's planner, without statistics, may as well take the chat's index and walk back over
 # every message the chat was ever sent (46 ms behind 100,000 of them): it is told which to use

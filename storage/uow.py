@@ -144,16 +144,20 @@ class UnitOfWork:
             rows, self._events = self._events, []
             await self.events.append(rows)
 
-    async def _write_outbox(self) -> None:
+    async def _write_outbox(self, mark: UpdateMark | None = None) -> bool | None:
+        """Write the queued messages; with `mark`, on PostgreSQL, mark its update processed in
+        the same statement when there are messages to hand over: whether it was marked then,
+        None when it was not tried."""
         if self._outbox or self._events:
             await self.session.flush()  # the rows they may refer to
             await self._write_events()
+        marked = None
         if self._outbox:
             rows, self._outbox = self._outbox, []
             lease = self._handoff.birth_lease() if self._handoff is not None else None
             if lease is None:
                 await self.outbox.queue(rows)
-                return
+                return None
             # leased to this process's sender as they are written: no other sender takes them,
             # and its own claims leave them to the handoff after the commit
             owner, length = lease
@@ -162,7 +166,10 @@ class UnitOfWork:
                     row["lease_owner"], row["lease_until"] = owner, row["created_at"] + length
                 else:
                     row["lease_owner"], row["lease_until"] = None, None
-            written = await self.outbox.queue_returning(rows)
+            if mark is not None and self.dialect == "postgresql":
+                written, marked = await self.outbox.queue_marking(rows, mark.update_id, mark.at)
+            else:
+                written = await self.outbox.queue_returning(rows)
             handed = [
                 (outbox_id, before, row)
                 for (outbox_id, before), row in zip(written, rows, strict=True)
@@ -170,6 +177,7 @@ class UnitOfWork:
             ]
             earlier = self._handed[1] if self._handed and self._handed[0] == owner else []
             self._handed = (owner, earlier + handed)
+        return marked
 
     @property
     def dialect(self) -> str:
@@ -181,8 +189,9 @@ class UnitOfWork:
         Raises UpdateAlreadyProcessedError (and rolls back) when the update was processed
         elsewhere meanwhile: its effect is already in the database.
         """
-        await self._write_outbox()
         mark = current_update.get() if self._marks_update and not self._readonly else None
+        marking = mark is not None and not mark.closed and not mark.marked
+        marked = await self._write_outbox(mark if marking else None)
         if mark is None or mark.closed:
             await self._commit()
             return
@@ -192,7 +201,9 @@ class UnitOfWork:
             log.debug("update %s committed again after it was marked processed", mark.update_id)
             await self._commit()
             return
-        if not await self.inbox.mark_processed(mark.update_id, mark.at):
+        if marked is None:
+            marked = await self.inbox.mark_processed(mark.update_id, mark.at)
+        if not marked:
             self._handed = None
             await self.session.rollback()
             raise UpdateAlreadyProcessedError(mark.update_id)

@@ -21,6 +21,7 @@ from bot.app import Services, build_services
 from bot.clock import ManualClock
 from bot.config import load_settings
 from bot.inbox import DatabaseAwayError, InboxWorker, chat_of, record_failure, store
+from bot.notify import outbox_row
 from bot.teledouble import DoubleRequest, TeleDouble
 from storage.db import create_schema, make_engine, make_session_factory
 from storage.tables import InboxUpdate, KeyValue, Outbox, Ticket
@@ -241,6 +242,73 @@ async def test_a_commit_for_an_update_processed_elsewhere_rolls_back(uows, clock
     finally:
         current_update.reset(token)
     assert await effects(uows, 23) == []
+
+
+class Handover:
+    """A sender of this process taking the messages units of work write (`Handoff`)."""
+
+    def __init__(self) -> None:
+        self.adopted: list[tuple[int, int | None, dict[str, Any]]] = []
+
+    def birth_lease(self) -> tuple[str, timedelta]:
+        return "here", timedelta(seconds=15)
+
+    def adopt(self, owner: str, rows: list[tuple[int, int | None, dict[str, Any]]]) -> None:
+        self.adopted += rows
+
+
+async def _answer(uows: UnitOfWorkFactory, update_id: int, clock: ManualClock) -> list[str]:
+    """An update's effect and two messages, handed over, committed inside its mark; the
+    statements it took."""
+    seen: list[str] = []
+    engine = uows.sessions.kw["bind"].sync_engine
+
+    def note(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    token = current_update.set(UpdateMark(update_id, clock.now()))
+    try:
+        async with uows() as uow:
+            uow.schedule.add(KeyValue(key=f"effect:{update_id}:a", value={}, updated_at=T0))
+            for n in (1, 2):
+                uow.queue_outbox([outbox_row(GROUP, {"text": f"{update_id}.{n}"}, now=T0)])
+            await uow.commit()
+    finally:
+        current_update.reset(token)
+        sa.event.remove(engine, "before_cursor_execute", note)
+    return seen
+
+
+async def test_on_postgresql_the_mark_goes_with_the_messages_handed_over(uows, clock):
+    """One statement writes the messages and marks the update (a round trip less); SQLite
+    marks it with a statement of its own. Either way the update is processed once."""
+    await store(uows, [message(25, "x")], clock=clock)
+    handover = uows.handoff = Handover()
+    seen = await _answer(uows, 25, clock)
+    postgres = uows.sessions.kw["bind"].dialect.name == "postgresql"
+    marks = [s for s in seen if s.startswith("UPDATE inboxupdate")]
+    with_messages = [s for s in seen if "INSERT INTO outbox" in s and "inboxupdate" in s]
+    assert (len(marks), len(with_messages)) == ((0, 1) if postgres else (1, 0))
+    assert (await inbox_row(uows, 25)).processed
+    assert [row["payload"]["text"] for _, _, row in handover.adopted] == ["25.1", "25.2"]
+    assert len(await effects(uows, 25)) == 1
+
+
+async def test_messages_of_an_update_processed_elsewhere_are_neither_written_nor_handed(
+    uows, clock
+):
+    await store(uows, [message(26, "x")], clock=clock)
+    async with uows() as uow:
+        assert await uow.inbox.mark_processed(26, clock.now())
+        await uow.commit()
+    handover = uows.handoff = Handover()
+    with pytest.raises(UpdateAlreadyProcessedError):
+        await _answer(uows, 26, clock)
+    assert handover.adopted == []
+    assert await effects(uows, 26) == []
+    async with uows(readonly=True) as uow:
+        assert await uow.outbox.depth() == 0
 
 
 async def test_read_only_and_unmarked_units_of_work_leave_the_update_alone(uows, clock):
