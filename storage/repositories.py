@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -753,15 +754,26 @@ class OutboxRepository(_Repository):
         return sorted((row[0], row[1]) for row in result.all())
 
     async def queue_marking(
-        self, rows: Sequence[dict[str, Any]], update_id: int, at: datetime
+        self,
+        rows: Sequence[dict[str, Any]],
+        update_id: int,
+        at: datetime,
+        events: Sequence[dict[str, Any]] = (),
     ) -> tuple[list[tuple[int, int | None]], bool]:
         """PostgreSQL: `queue_returning`, and in the same statement the inbox update marked
         processed as `InboxRepository.mark_processed` marks it; also whether it was (False:
-        someone else had; the caller rolls back). One round trip where they had been two."""
-        if not rows:
-            raise ValueError("nothing to queue: mark the update with mark_processed")
-        params = [{**row, "mark_update": update_id, "mark_at": at} for row in rows]
-        result = (await self.session.exec(_QUEUE_OUTBOX_MARKING, params=params)).all()  # type: ignore[call-overload]
+        someone else had; the caller rolls back). With `events` (at most `MARKING_ROWS`
+        messages), those are appended in it too, as `EventRepository.append` would. One round
+        trip where they had been three."""
+        if not rows or (events and len(rows) > MARKING_ROWS):
+            raise ValueError("queue_marking takes 1 to MARKING_ROWS messages with events")
+        extra: dict[str, Any] = {"mark_update": update_id, "mark_at": at}
+        statement = _QUEUE_OUTBOX_MARKING
+        if events:
+            statement = _QUEUE_OUTBOX_MARKING_EVENTS
+            extra["mark_events"] = json.dumps([_event_json(e) for e in events])
+        params = [{**row, **extra} for row in rows]
+        result = (await self.session.exec(statement, params=params)).all()  # type: ignore[call-overload]
         # a long list goes in several statements, each with the mark: the first one marks
         return [(row[0], row[1]) for row in result], any(row[2] for row in result)
 
@@ -1370,12 +1382,52 @@ _MARKED = (
     .columns(update_id=sa.BigInteger)
     .cte("marked")
 )
-_QUEUE_OUTBOX_MARKING = _QUEUE_OUTBOX.add_cte(_MARKED).returning(
+_MARKING_RETURNS = (
     _OUTBOX.c.id,
     _pending_before(),
     sa.select(sa.func.count()).select_from(_MARKED).scalar_subquery(),
-    sort_by_parameter_order=True,
 )
+_QUEUE_OUTBOX_MARKING = _QUEUE_OUTBOX.add_cte(_MARKED).returning(
+    *_MARKING_RETURNS, sort_by_parameter_order=True
+)
+# The events go in the statement as one JSON parameter: a statement of many messages is sent
+# in several (SQLAlchemy's insertmanyvalues pages), each of which would append them again, so
+# they go with a few messages only, which always fit one page.
+MARKING_ROWS = 100
+_EVENT_COLUMNS = {
+    "ticket_id": "integer",
+    "kind": "text",
+    "actor_id": "integer",
+    "from_state": "text",
+    "to_state": "text",
+    "note": "text",
+    "data": "json",
+    "at": "timestamptz",
+}
+_APPENDED = (
+    sa.text(
+        f"INSERT INTO {TicketEvent.__tablename__} ({', '.join(_EVENT_COLUMNS)})"
+        f" SELECT {', '.join(_EVENT_COLUMNS)} FROM json_to_recordset(CAST(:mark_events AS json))"
+        f" AS e({', '.join(f'{k} {t}' for k, t in _EVENT_COLUMNS.items())})"
+        " RETURNING ticket_id"
+    )
+    .bindparams(sa.bindparam("mark_events", type_=sa.Text))
+    .columns(ticket_id=sa.Integer)
+    .cte("appended")
+)
+_QUEUE_OUTBOX_MARKING_EVENTS = (
+    _QUEUE_OUTBOX.add_cte(_MARKED)
+    .add_cte(_APPENDED)
+    .returning(*_MARKING_RETURNS, sort_by_parameter_order=True)
+)
+
+
+def _event_json(row: dict[str, Any]) -> dict[str, Any]:
+    if set(row) != set(_EVENT_COLUMNS):
+        raise ValueError(f"an event row has the columns {sorted(_EVENT_COLUMNS)}")
+    return {**row, "at": row["at"].isoformat()}
+
+
 # SQLite's planner, without statistics, may as well take the chat's index and walk back over
 # every message the chat was ever sent (46 ms behind 100,000 of them): it is told which to use
 _QUEUE_OUTBOX_RETURNING_ANY = _QUEUE_OUTBOX.returning(

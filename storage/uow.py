@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.db import READONLY
 from storage.orgcache import OrgCache, org_cache_for
 from storage.repositories import (
+    MARKING_ROWS,
     EventRepository,
     InboxRepository,
     OrgRepository,
@@ -150,11 +151,20 @@ class UnitOfWork:
         None when it was not tried."""
         if self._outbox or self._events:
             await self.session.flush()  # the rows they may refer to
+        lease = self._handoff.birth_lease() if self._outbox and self._handoff else None
+        # on PostgreSQL a few messages handed over carry the mark and the events in their
+        # statement; otherwise the events go first, in one of their own
+        together = (
+            lease is not None
+            and mark is not None
+            and self.dialect == "postgresql"
+            and len(self._outbox) <= MARKING_ROWS
+        )
+        if not together:
             await self._write_events()
         marked = None
         if self._outbox:
             rows, self._outbox = self._outbox, []
-            lease = self._handoff.birth_lease() if self._handoff is not None else None
             if lease is None:
                 await self.outbox.queue(rows)
                 return None
@@ -167,7 +177,10 @@ class UnitOfWork:
                 else:
                     row["lease_owner"], row["lease_until"] = None, None
             if mark is not None and self.dialect == "postgresql":
-                written, marked = await self.outbox.queue_marking(rows, mark.update_id, mark.at)
+                events, self._events = (self._events, []) if together else ([], self._events)
+                written, marked = await self.outbox.queue_marking(
+                    rows, mark.update_id, mark.at, events
+                )
             else:
                 written = await self.outbox.queue_returning(rows)
             handed = [

@@ -311,6 +311,45 @@ async def test_messages_of_an_update_processed_elsewhere_are_neither_written_nor
         assert await uow.outbox.depth() == 0
 
 
+async def test_on_postgresql_a_reports_events_go_with_its_messages_and_its_mark(services, clock):
+    """A group report handed over: its events, its messages and its update's mark in one
+    statement on PostgreSQL, each in its own on SQLite; the same record either way."""
+    uows = services.uows
+    org = await build_org(uows)
+    await store(uows, [message(27, "x")], clock=clock)
+    handover = uows.handoff = Handover()
+    seen: list[str] = []
+    engine = uows.sessions.kw["bind"].sync_engine
+
+    def note(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    token = current_update.set(UpdateMark(27, clock.now()))
+    try:
+        text = '路灯坏了 <b>&amp;</b> 🚧 "quoted" & more'
+        outcome = await services.tickets.report(
+            org["acme_boss"], text, chat_id=GROUP, message_id=27
+        )
+    finally:
+        current_update.reset(token)
+        sa.event.remove(engine, "before_cursor_execute", note)
+    postgres = engine.dialect.name == "postgresql"
+    alone = [s for s in seen if s.startswith(("INSERT INTO ticketevent", "UPDATE inboxupdate"))]
+    together = [s for s in seen if "INSERT INTO outbox" in s]
+    assert len(together) == 1
+    assert len(alone) == (0 if postgres else 2)
+    assert ("ticketevent" in together[0]) is postgres
+    assert (await inbox_row(uows, 27)).processed
+    assert handover.adopted
+    async with uows(readonly=True) as uow:
+        events = await uow.events.of_ticket(outcome.ticket.number)
+    assert events[0].kind == "report"
+    assert events[0].at.replace(tzinfo=UTC) == T0
+    assert all(e.ticket_id == outcome.ticket.number for e in events)
+    assert {e.kind for e in events} <= {"report", "assign"}
+
+
 async def test_read_only_and_unmarked_units_of_work_leave_the_update_alone(uows, clock):
     await store(uows, [message(24, "x")], clock=clock)
     token = current_update.set(UpdateMark(24, clock.now()))

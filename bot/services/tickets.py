@@ -131,7 +131,8 @@ class TicketService:
                 keep=bool(attachments),
             )  # fmt: skip
             auto = None if move is None else self._append_move(uow, ticket, move, None, why, now)
-            await uow.flush()
+            if attachments:  # they refer to the event's id; other events wait for the commit
+                await uow.flush()
             self._attach(uow, ticket, event, attachments, now)
             # the ticket is final from here on: one view of it serves every message
             view = await self.org.view(uow, ticket)
