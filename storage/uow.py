@@ -146,9 +146,10 @@ class UnitOfWork:
             await self.events.append(rows)
 
     async def _write_outbox(self, mark: UpdateMark | None = None) -> bool | None:
-        """Write the queued messages; with `mark`, on PostgreSQL, mark its update processed in
-        the same statement when there are messages to hand over: whether it was marked then,
-        None when it was not tried."""
+        """Write the appended events and the queued messages; with `mark`, on PostgreSQL, when
+        there are messages to hand over, mark its update processed in the same statement (and
+        append the events in it, for a few messages): whether it was marked then, None when it
+        was not tried."""
         if self._outbox or self._events:
             await self.session.flush()  # the rows they may refer to
         lease = self._handoff.birth_lease() if self._outbox and self._handoff else None
