@@ -65,6 +65,33 @@ _PEOPLE_WITH_FIRMS = _WITH_FIRM.where(
 )
 
 
+def _person_key(telegram_id: int) -> tuple[Any, ...]:
+    return ("telegram", telegram_id)
+
+
+def _group_key(chat_id: int) -> tuple[Any, ...]:
+    return ("group", chat_id)
+
+
+class KeptOrg:
+    """What a reader of the org chart would be answered from the process's shared cache, asked
+    without a unit of work: no session, no connection. Each answer is the cache's own snapshot
+    (as a reader gets it: not to be changed), or MISSING when the cache does not hold it and
+    the question needs a unit of work after all."""
+
+    def __init__(self, shared: OrgCache | None) -> None:
+        self._shared = shared
+
+    def person_by_telegram(self, telegram_id: int) -> Person | None:
+        return self._get(_person_key(telegram_id))
+
+    def group_by_chat(self, chat_id: int) -> ChatGroup | None:
+        return self._get(_group_key(chat_id))
+
+    def _get(self, key: tuple[Any, ...]) -> Any:
+        return MISSING if self._shared is None else self._shared.get(key)
+
+
 class OrgRepository(_Repository):
     def __init__(
         self, session: AsyncSession, shared: OrgCache | None = None, *, reads_only: bool = False
@@ -219,7 +246,7 @@ class OrgRepository(_Repository):
         return await self._once(("person", person_id), lambda: self.session.get(Person, person_id))
 
     async def person_by_telegram(self, telegram_id: int) -> Person | None:
-        return await self._once(("telegram", telegram_id), lambda: self._with_firm(telegram_id))
+        return await self._once(_person_key(telegram_id), lambda: self._with_firm(telegram_id))
 
     async def _with_firm(self, telegram_id: int) -> Person | None:
         """The person, and their enterprise in the same statement, kept as `enterprise`
@@ -244,7 +271,7 @@ class OrgRepository(_Repository):
         shared = self._shared
         if shared is None:
             return
-        wanted = [t for t in telegram_ids if shared.get(("telegram", t)) is MISSING]
+        wanted = [t for t in telegram_ids if shared.get(_person_key(t)) is MISSING]
         if not wanted:
             return
         read_in = shared.generation
@@ -255,7 +282,7 @@ class OrgRepository(_Repository):
             if firm is not None:
                 shared.put(("enterprise", firm.id), firm, read_in)
         for telegram_id in wanted:
-            shared.put(("telegram", telegram_id), found.get(telegram_id), read_in)
+            shared.put(_person_key(telegram_id), found.get(telegram_id), read_in)
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
@@ -326,7 +353,7 @@ class OrgRepository(_Repository):
 
     async def group_by_chat(self, chat_id: int) -> ChatGroup | None:
         return await self._first_once(
-            ("group", chat_id), lambda: select(ChatGroup).where(ChatGroup.chat_id == chat_id)
+            _group_key(chat_id), lambda: select(ChatGroup).where(ChatGroup.chat_id == chat_id)
         )
 
     async def groups_of(self, region_id: int) -> Sequence[ChatGroup]:

@@ -19,6 +19,7 @@ from storage.repositories import (
     MARKING_ROWS,
     EventRepository,
     InboxRepository,
+    KeptOrg,
     OrgRepository,
     OutboxRepository,
     ScheduleRepository,
@@ -286,6 +287,8 @@ class UnitOfWorkFactory:
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writers = WriterTurn() if sqlite else None
         self._org = org_cache_for(bind) if bind is not None else None
+        # the answers a reader would get from that cache, asked without a unit of work
+        self.kept = KeptOrg(self._org)
         self.handoff: Handoff | None = None  # the sender of this process, once it runs
         # a reader whose answers all come from the org cache never takes a connection
         self._readers = (

@@ -11,6 +11,7 @@ from bot.errors import InviteError, NotRegisteredError
 from bot.i18n import LANGUAGES, normalize
 from bot.services.org import person_view
 from bot.services.views import PersonView
+from storage.orgcache import MISSING
 from storage.tables import Invite, Person, Role
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -164,11 +165,14 @@ class PeopleService:
 
     async def group(self, chat_id: int) -> GroupView | None:
         """The binding of a Telegram group to a region, if it has one."""
-        async with self._uows(readonly=True) as uow:
-            row = await uow.org.group_by_chat(chat_id)
-            if row is None:
-                return None
-            return GroupView(row.chat_id, row.region_id, row.title, row.language)
+        # every update asks this first: the org cache mostly knows without a unit of work
+        row = self._uows.kept.group_by_chat(chat_id)
+        if row is MISSING:
+            async with self._uows(readonly=True) as uow:
+                row = await uow.org.group_by_chat(chat_id)
+        if row is None:
+            return None
+        return GroupView(row.chat_id, row.region_id, row.title, row.language)
 
     async def migrate_group(self, old: int, new: int) -> None:
         """The group became a supergroup: the binding, its tickets and its queue follow.

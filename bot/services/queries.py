@@ -7,6 +7,7 @@ from bot.clock import Clock
 from bot.errors import NotRegisteredError, TicketNotFoundError
 from bot.services.org import OrgDirectory, facts_of, person_view
 from bot.services.views import PersonView, TicketView
+from storage.orgcache import MISSING
 from storage.tables import OPEN_STATES, Person, Role, TicketState
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -21,9 +22,12 @@ class QueryService:
         self.org = OrgDirectory()
 
     async def whoami(self, telegram_id: int) -> PersonView | None:
-        async with self._uows(readonly=True) as uow:
-            person = await uow.org.person_by_telegram(telegram_id)
-            return person_view(person) if person and person.active else None
+        # every update asks this (the guard): the org cache mostly knows without a unit of work
+        person = self._uows.kept.person_by_telegram(telegram_id)
+        if person is MISSING:
+            async with self._uows(readonly=True) as uow:
+                person = await uow.org.person_by_telegram(telegram_id)
+        return person_view(person) if person and person.active else None
 
     async def ticket(self, telegram_id: int, number: int) -> tuple[TicketView, bool]:
         """The ticket with its timeline, and whether the asker may see who reported it.

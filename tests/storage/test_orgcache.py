@@ -9,11 +9,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.clock import SystemClock
+from bot.services.people import PeopleService
+from bot.services.queries import QueryService
 from storage.db import create_schema, make_engine, make_session_factory
-from storage.orgcache import KEEP_SECONDS, org_cache_for
+from storage.orgcache import KEEP_SECONDS, MISSING, org_cache_for
 from storage.tables import Person
 from storage.uow import UnitOfWorkFactory
-from tests.factories import Ticking, build_org
+from tests.factories import GROUP, Ticking, build_org
 
 
 @pytest.fixture
@@ -324,3 +327,49 @@ async def test_people_asked_for_together_are_kept_one_by_one(engine, uows, ticki
     selects = [s for s in statements if s.startswith("SELECT")]
     assert len(selects) == 1
     assert selects[0].count("?") + selects[0].count("$") == 2  # ids[2] and nobody
+
+
+async def test_the_kept_answers_are_a_readers_without_a_unit_of_work(uows, ticking, monkeypatch):
+    """Who wrote an update and which group it came from are asked of every update: while the
+    cache holds them they come from it with no session at all, as a reader would get them;
+    what it does not hold (or no longer) says so, and a change made here is seen at once."""
+    org = await build_org(uows)
+    kept = uows.kept
+    assert kept.person_by_telegram(org["tax_clerk"]) is MISSING  # nothing asked for yet
+    assert kept.group_by_chat(GROUP) is MISSING
+    for _ in range(2):  # read and kept; then a reader gets the kept snapshots
+        async with uows(readonly=True) as uow:
+            clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+            group = await uow.org.group_by_chat(GROUP)
+            assert await uow.org.person_by_telegram(999_000_333) is None  # nobody, kept so
+    opened: list[object] = []
+    monkeypatch.setattr(UnitOfWorkFactory, "__call__", lambda *a, **k: opened.append(a))
+    assert kept.person_by_telegram(org["tax_clerk"]) is clerk  # the reader's snapshot itself
+    assert kept.group_by_chat(GROUP) is group
+    assert kept.person_by_telegram(999_000_333) is None
+    assert opened == []
+    monkeypatch.undo()
+    async with uows() as uow:
+        mine = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert mine is not None
+        mine.language = "en"
+        await uow.commit()
+    assert kept.person_by_telegram(org["tax_clerk"]) is MISSING  # forgotten with the change
+    ticking.now += KEEP_SECONDS
+    assert kept.group_by_chat(GROUP) is MISSING  # and past the keeping time
+
+
+async def test_the_door_answers_from_the_cache_and_sees_a_change(uows, ticking):
+    org = await build_org(uows)
+    queries, people = QueryService(uows, SystemClock()), PeopleService(uows, SystemClock())
+    me = await queries.whoami(org["tax_clerk"])  # read, and kept
+    assert me is not None
+    assert me.language == "zh"
+    assert (await people.group(GROUP)) is not None
+    assert await queries.whoami(999_000_444) is None
+    async with uows() as uow:
+        mine = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert mine is not None
+        mine.active = False
+        await uow.commit()
+    assert await queries.whoami(org["tax_clerk"]) is None  # a kept answer would not have known
