@@ -786,15 +786,21 @@ class OutboxRepository(_Repository):
         update_id: int,
         at: datetime,
         events: Sequence[dict[str, Any]] = (),
+        answered: Collection[int] = (),
     ) -> tuple[list[tuple[int, int | None]], bool]:
         """PostgreSQL: `queue_returning`, and in the same statement the inbox update marked
         processed as `InboxRepository.mark_processed` marks it; also whether it was (False:
-        someone else had; the caller rolls back). With `events` (at most `MARKING_ROWS`
-        messages), those are appended in it too, as `EventRepository.append` would. One round
-        trip where they had been three."""
+        someone else had; the caller rolls back). The reminders of the `answered` tickets
+        are marked acted in it as `ScheduleRepository.mark_nudges_acted` marks them. With
+        `events` (at most `MARKING_ROWS` messages), those are appended in it too, as
+        `EventRepository.append` would. One round trip where they had been up to four."""
         if not rows or (events and len(rows) > MARKING_ROWS):
             raise ValueError("queue_marking takes 1 to MARKING_ROWS messages with events")
-        extra: dict[str, Any] = {"mark_update": update_id, "mark_at": at}
+        extra: dict[str, Any] = {
+            "mark_update": update_id,
+            "mark_at": at,
+            "mark_answered": sorted(set(answered)),
+        }
         statement = _QUEUE_OUTBOX_MARKING
         if events:
             statement = _QUEUE_OUTBOX_MARKING_EVENTS
@@ -1158,10 +1164,12 @@ class ScheduleRepository(_Repository):
         )
         return (await self.session.exec(query.order_by(col(Nudge.id).desc()).limit(1))).first()
 
-    async def mark_nudges_acted(self, ticket_id: int) -> None:
-        """Someone acted on the ticket: its reminders so far are answered (every action by a
-        person runs this, so it is built once, as plain Core)."""
-        await self.session.exec(_NUDGES_ACTED, params={"ticket": ticket_id})  # type: ignore[call-overload]
+    async def mark_nudges_acted(self, ticket_ids: Collection[int]) -> None:
+        """Someone acted on the tickets: their reminders so far are answered (every action by
+        a person comes here, so it is built once, as plain Core)."""
+        params = [{"ticket": t} for t in sorted(set(ticket_ids))]
+        if params:
+            await self.session.exec(_NUDGES_ACTED, params=params)  # type: ignore[call-overload]
 
     async def digest_run(self, leader_id: int, day: Any) -> DigestRun | None:
         query = select(DigestRun).where(DigestRun.leader_id == leader_id, DigestRun.day == day)
@@ -1414,8 +1422,22 @@ _MARKING_RETURNS = (
     _pending_before(),
     sa.select(sa.func.count()).select_from(_MARKED).scalar_subquery(),
 )
-_QUEUE_OUTBOX_MARKING = _QUEUE_OUTBOX.add_cte(_MARKED).returning(
-    *_MARKING_RETURNS, sort_by_parameter_order=True
+# the reminders a person's action answers (`ScheduleRepository.mark_nudges_acted`), of the
+# tickets in one array parameter, empty for none; repeated, as each page of a statement of many
+# messages repeats it, it changes nothing more
+_ANSWERED = (
+    sa.text(
+        f"UPDATE {Nudge.__tablename__} SET acted = true"
+        " WHERE ticket_id = ANY(:mark_answered) AND NOT acted RETURNING id"
+    )
+    .bindparams(sa.bindparam("mark_answered", type_=sa_postgresql.ARRAY(sa.Integer)))
+    .columns(id=sa.Integer)
+    .cte("answered")
+)
+_QUEUE_OUTBOX_MARKING = (
+    _QUEUE_OUTBOX.add_cte(_MARKED)
+    .add_cte(_ANSWERED)
+    .returning(*_MARKING_RETURNS, sort_by_parameter_order=True)
 )
 # The events go in the statement as one JSON parameter: a statement of many messages is sent
 # in several (SQLAlchemy's insertmanyvalues pages), each of which would append them again, so
@@ -1444,6 +1466,7 @@ _APPENDED = (
 )
 _QUEUE_OUTBOX_MARKING_EVENTS = (
     _QUEUE_OUTBOX.add_cte(_MARKED)
+    .add_cte(_ANSWERED)
     .add_cte(_APPENDED)
     .returning(*_MARKING_RETURNS, sort_by_parameter_order=True)
 )

@@ -87,6 +87,7 @@ class UnitOfWork:
         self._writers = None if readonly else writers
         self._outbox: list[dict[str, Any]] = []  # queued messages, written at the commit
         self._events: list[dict[str, Any]] = []  # appended events, written at the next flush
+        self._answered: list[int] = []  # tickets whose reminders are answered, likewise
 
     async def __aenter__(self) -> Self:
         if self._writers is not None:
@@ -141,21 +142,29 @@ class UnitOfWork:
         none is asked for: on SQLite the ORM would first read the table's highest id."""
         self._events.extend(rows)
 
+    def answer_nudges(self, ticket_id: int) -> None:
+        """A person acted on the ticket: its reminders so far are answered, at the next flush
+        or commit (with the events)."""
+        self._answered.append(ticket_id)
+
     async def _write_events(self) -> None:
         if self._events:
             rows, self._events = self._events, []
             await self.events.append(rows)
+        if self._answered:
+            answered, self._answered = self._answered, []
+            await self.schedule.mark_nudges_acted(answered)
 
     async def _write_outbox(self, mark: UpdateMark | None = None) -> bool | None:
-        """Write the appended events and the queued messages; with `mark`, on PostgreSQL, when
-        there are messages to hand over, mark its update processed in the same statement (and
-        append the events in it, for a few messages): whether it was marked then, None when it
-        was not tried."""
-        if self._outbox or self._events:
+        """Write the appended events, the answered reminders and the queued messages; with
+        `mark`, on PostgreSQL, when there are messages to hand over, mark its update processed
+        in the same statement (and append the events in it, for a few messages): whether it
+        was marked then, None when it was not tried."""
+        if self._outbox or self._events or self._answered:
             await self.session.flush()  # the rows they may refer to
         lease = self._handoff.birth_lease() if self._outbox and self._handoff else None
-        # on PostgreSQL a few messages handed over carry the mark and the events in their
-        # statement; otherwise the events go first, in one of their own
+        # on PostgreSQL a few messages handed over carry the mark, the events and the answered
+        # reminders in their statement; otherwise those go first, in statements of their own
         together = (
             lease is not None
             and mark is not None
@@ -180,8 +189,9 @@ class UnitOfWork:
                     row["lease_owner"], row["lease_until"] = None, None
             if mark is not None and self.dialect == "postgresql":
                 events, self._events = (self._events, []) if together else ([], self._events)
+                answered, self._answered = self._answered, []
                 written, marked = await self.outbox.queue_marking(
-                    rows, mark.update_id, mark.at, events
+                    rows, mark.update_id, mark.at, events, answered
                 )
             else:
                 written = await self.outbox.queue_returning(rows)

@@ -24,7 +24,7 @@ from bot.inbox import DatabaseAwayError, InboxWorker, chat_of, record_failure, s
 from bot.notify import outbox_row
 from bot.teledouble import DoubleRequest, TeleDouble
 from storage.db import create_schema, make_engine, make_session_factory
-from storage.tables import InboxUpdate, KeyValue, Outbox, Ticket
+from storage.tables import InboxUpdate, KeyValue, Nudge, Outbox, Ticket
 from storage.uow import (
     UnitOfWorkFactory,
     UpdateAlreadyProcessedError,
@@ -348,6 +348,53 @@ async def test_on_postgresql_a_reports_events_go_with_its_messages_and_its_mark(
     assert events[0].at.replace(tzinfo=UTC) == T0
     assert all(e.ticket_id == outcome.ticket.number for e in events)
     assert {e.kind for e in events} <= {"report", "assign"}
+
+
+async def test_on_postgresql_the_reminders_an_action_answers_go_with_its_messages(services, clock):
+    """A claim handed over answers the ticket's reminders: in the statement of its messages
+    and its mark on PostgreSQL, in one of their own on SQLite; only that ticket's, either way."""
+    uows = services.uows
+    org = await build_org(uows)
+    numbers = []
+    for mid in (28, 29):
+        filed = await services.tickets.report(org["acme_boss"], "发票打不出来", chat_id=GROUP,
+                                              message_id=mid)  # fmt: skip
+        numbers.append(filed.ticket.number)
+        await services.tickets.assign(org["city_coord"], filed.ticket.number, "tax")
+    async with uows() as uow:
+        clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert clerk is not None
+        for number in numbers:
+            for slot in (1, 2):
+                uow.schedule.add(Nudge(ticket_id=number, rung="idle", person_id=clerk.id,
+                                       slot=slot, at=T0))  # fmt: skip
+        await uow.commit()
+    await store(uows, [message(30, "x")], clock=clock)
+    handover = uows.handoff = Handover()
+    seen: list[str] = []
+    engine = uows.sessions.kw["bind"].sync_engine
+
+    def note(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    token = current_update.set(UpdateMark(30, clock.now()))
+    try:
+        await services.tickets.claim(org["tax_clerk"], numbers[0])
+    finally:
+        current_update.reset(token)
+        sa.event.remove(engine, "before_cursor_execute", note)
+    postgres = engine.dialect.name == "postgresql"
+    alone = [s for s in seen if s.startswith("UPDATE nudge")]
+    together = [s for s in seen if "INSERT INTO outbox" in s]
+    assert len(together) == 1
+    assert len(alone) == (0 if postgres else 1)
+    assert ("UPDATE nudge" in together[0]) is postgres
+    assert (await inbox_row(uows, 30)).processed
+    assert handover.adopted
+    async with uows(readonly=True) as uow:
+        rows = (await uow.session.exec(select(Nudge.ticket_id, Nudge.acted))).all()
+    assert sorted(rows) == [(numbers[0], True)] * 2 + [(numbers[1], False)] * 2
 
 
 async def test_read_only_and_unmarked_units_of_work_leave_the_update_alone(uows, clock):

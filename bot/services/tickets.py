@@ -374,7 +374,7 @@ class TicketService:
         event = self._append_move(uow, ticket, move, actor_id, note, now, keep=keep)
         if actor_id is not None:
             # a person acting answers the reminders; the scheduler's own moves do not
-            await uow.schedule.mark_nudges_acted(ticket.id)  # type: ignore[arg-type]
+            uow.answer_nudges(ticket.id)  # type: ignore[arg-type]
         if keep:  # an event kept as a row gets its id now, for what refers to it
             await uow.flush()
         # otherwise the ticket is written at the commit, with what its card says (`announce`
