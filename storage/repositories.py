@@ -194,11 +194,16 @@ class OrgRepository(_Repository):
         return frozenset(found)
 
     async def region_and_above(self, region_id: int) -> list[Region]:
+        """The region and the ones above it, nearest first: rows to read, not to change (every
+        report's routing climbs it, and copying each into the session cost more than that)."""
         chain: list[Region] = []
-        current = await self.region(region_id)
-        while current is not None and current not in chain:
+        seen: set[int] = set()
+        current = await self.region(region_id, read_only=True)
+        while current is not None and current.id not in seen:
+            seen.add(current.id)  # type: ignore[arg-type]
             chain.append(current)
-            current = await self.region(current.parent_id) if current.parent_id else None
+            up = current.parent_id
+            current = await self.region(up, read_only=True) if up else None
         return chain
 
     async def department(

@@ -204,6 +204,17 @@ def fresh_row(model: type[_M], **values: Any) -> _M:
     return row
 
 
+def put(row: Any, values: dict[str, Any]) -> None:
+    """Set a row's fields: on a row no session holds (a new one, as `fresh_row` makes it)
+    straight into the instance, since nothing is there to note the change; on any other
+    through SQLAlchemy's instrumentation, so that its session writes the change."""
+    if sa.inspect(row).transient:
+        row.__dict__.update(values)
+        return
+    for name, value in values.items():
+        setattr(row, name, value)
+
+
 @dataclass(slots=True, kw_only=True)
 class NewEvent:
     """An event written by a plain INSERT, as the services pass it on: a TicketEvent's facts

@@ -34,6 +34,7 @@ from storage.tables import (
     TicketState,
     event_row,
     fresh_row,
+    put,
 )
 from storage.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -177,11 +178,12 @@ class TicketService:
             if len(chosen) == 1:
                 return chosen[0], "chosen by the enterprise"
         for region in chain:
-            matched = [
-                d.id
-                for d in await uow.org.departments_in([region.id])  # type: ignore[list-item]
-                if any(k and k in text for k in d.keywords)
-            ]
+            matched = []
+            for department in await uow.org.departments_in([region.id]):  # type: ignore[list-item]
+                for word in department.keywords:
+                    if word and word in text:
+                        matched.append(department.id)
+                        break
             if matched:
                 return (matched[0], "keywords") if len(matched) == 1 else (None, "")
         return None, ""
@@ -383,16 +385,19 @@ class TicketService:
 
     def _apply(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
         after = move.after
-        ticket.state = after.state
-        ticket.department_id = after.department_id
-        ticket.claimant_id = after.claimant_id
-        ticket.suggested_department_id = after.suggested_department_id
-        ticket.redo_count = after.redo_count
-        ticket.return_count = after.return_count
-        ticket.merged_into_id = after.merged_into_id
-        ticket.rating = after.rating
-        ticket.version += 1
-        self._stamp(ticket, move, now)
+        changes = {
+            "state": after.state,
+            "department_id": after.department_id,
+            "claimant_id": after.claimant_id,
+            "suggested_department_id": after.suggested_department_id,
+            "redo_count": after.redo_count,
+            "return_count": after.return_count,
+            "merged_into_id": after.merged_into_id,
+            "rating": after.rating,
+            "version": ticket.version + 1,
+        }
+        changes.update(self._stamps(ticket, move, now))
+        put(ticket, changes)
 
     def _append_move(
         self,
@@ -418,32 +423,34 @@ class TicketService:
             keep=keep,
         )
 
-    def _stamp(self, ticket: Ticket, move: flow.Move, now: Any) -> None:
-        action = move.action
+    def _stamps(self, ticket: Ticket, move: flow.Move, now: Any) -> dict[str, Any]:
+        """The times a move sets on the ticket."""
+        action, out = move.action, {}
         if (
             action in (Action.ASSIGN, Action.TRANSFER, Action.APPROVE_RETURN)
             and not ticket.assigned_at
         ):
-            ticket.assigned_at = now
-            ticket.due_at = self._calendar.add_working(
+            out["assigned_at"] = now
+            out["due_at"] = self._calendar.add_working(
                 now, working_span(self._calendar, self._settings.supervise_after)
             )
         if action is Action.CLAIM:
-            ticket.claimed_at = ticket.claimed_at or now
-            ticket.promised_date = move.data.get("promised_date") and date.fromisoformat(
+            out["claimed_at"] = ticket.claimed_at or now
+            out["promised_date"] = move.data.get("promised_date") and date.fromisoformat(
                 move.data["promised_date"]
             )
         if action is Action.SUPERVISE:
-            ticket.supervised_at = now
+            out["supervised_at"] = now
         if action is Action.TRANSFER:
-            ticket.supervised_at = None
+            out["supervised_at"] = None
         if action is Action.RESOLVE:
-            ticket.resolved_at = now
+            out["resolved_at"] = now
         if move.after.state in (S.CLOSED, S.WITHDRAWN, S.MERGED):
-            ticket.closed_at = now
+            out["closed_at"] = now
         if move.after.state in (S.CLAIMED, S.SUPERVISED) and move.before.state is S.RESOLVED:
-            ticket.resolved_at = None
-        ticket.last_activity_at = now
+            out["resolved_at"] = None
+        out["last_activity_at"] = now
+        return out
 
     def _append(
         self,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from storage.tables import KeyValue, Ticket, TicketState, fresh_row
+from storage.tables import KeyValue, Ticket, TicketState, fresh_row, put
 from tests.factories import build_org
 
 T0 = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
@@ -72,4 +72,33 @@ async def test_the_session_writes_it_and_tracks_changes_made_to_it(uows):
             TicketState.ASSIGNED,
             2,
             "漏水 <&> 😀",
+        )
+
+
+async def test_put_sets_a_new_rows_fields_and_a_stored_rows_changes_are_written(uows):
+    await build_org(uows)
+    async with uows() as uow:
+        person = (
+            await uow.session.exec(
+                sa.text("SELECT id, enterprise_id FROM person WHERE enterprise_id IS NOT NULL")
+            )
+        ).first()
+        enterprise = await uow.org.enterprise(person.enterprise_id)
+        ids = {"region": enterprise.region_id, "enterprise": enterprise.id, "reporter": person.id}
+        ticket = fresh_row(Ticket, **_values(ids))
+        put(ticket, {"state": TicketState.ASSIGNED, "version": 2})  # held by no session
+        assert (ticket.state, ticket.version) == (TicketState.ASSIGNED, 2)
+        uow.session.add(ticket)  # and written whole when it joins one
+        await uow.flush()
+        put(ticket, {"state": TicketState.CLAIMED, "version": 3, "summary": "<b>&</b> 🚰"})
+        assert ticket in uow.session.dirty  # a stored row's change is noted
+        await uow.commit()
+        number = ticket.id
+    async with uows(readonly=True) as uow:
+        stored = await uow.tickets.get(number)
+        assert stored is not None
+        assert (stored.state, stored.version, stored.summary) == (
+            TicketState.CLAIMED,
+            3,
+            "<b>&</b> 🚰",
         )
