@@ -195,17 +195,19 @@ class Notifier:
     ) -> None:
         """Tell people privately, each in their own language; nobody is told of their own act."""
         seen: set[int] = set()
+        # a department's officials mostly share a language: each wording is made once
+        said: dict[tuple[str, bool], tuple[str, list[list[dict[str, str]]]]] = {}
         for person in people:
             if person.id in seen or person.id == skip or not person.telegram_id:
                 continue
             seen.add(person.id)  # type: ignore[arg-type]
             reveal = person.role != Role.ENTERPRISE or person.enterprise_id is not None
-            html = texts.event_sentence(person.language, view, event, reveal=reveal)
-            buttons: list[list[dict[str, str]]] = []
-            if rating:
-                buttons = texts.rating_buttons(person.language, view.number)
-            elif claim:
-                buttons = texts.card_buttons(person.language, view)
+            wording = said.get((person.language, reveal))
+            if wording is None:
+                wording = said[person.language, reveal] = self._direct_words(
+                    person.language, view, event, reveal, rating=rating, claim=claim
+                )
+            html, buttons = wording
             self.message(
                 uow,
                 person.telegram_id,
@@ -214,6 +216,18 @@ class Notifier:
                 person_id=person.id,
                 buttons=buttons,
             )
+
+    @staticmethod
+    def _direct_words(
+        lang: str, view: TicketView, event: EventView, reveal: bool, *, rating: bool, claim: bool
+    ) -> tuple[str, list[list[dict[str, str]]]]:
+        html = texts.event_sentence(lang, view, event, reveal=reveal)
+        buttons: list[list[dict[str, str]]] = []
+        if rating:
+            buttons = texts.rating_buttons(lang, view.number)
+        elif claim:
+            buttons = texts.card_buttons(lang, view)
+        return html, buttons
 
     def event_line(
         self,
