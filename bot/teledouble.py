@@ -446,6 +446,7 @@ class TeleDouble:
         self.sent: list[SentRecord] = []
         self.edits: list[SentRecord] = []
         self.calls: list[CallRecord] = []
+        self._in_call: tuple[JSON, JSON] = ({}, {})  # the call in hand: its parameters, recorded
         self.callback_answers: dict[str, JSON] = {}
         self.violations = 0
         self.early_retries = 0
@@ -685,7 +686,8 @@ class TeleDouble:
     def _record(self, into: list[SentRecord], method: str, chat_id: int, msg: JSON, params: JSON):
         text = msg.get("text", msg.get("caption"))
         markup = _copy(msg.get("reply_markup"))
-        params = _jsonable(params)
+        asked, recorded = self._in_call
+        params = recorded if params is asked else _jsonable(params)
         into.append(
             SentRecord(method, chat_id, msg["message_id"], text, markup, params, self.now())
         )
@@ -899,7 +901,9 @@ class TeleDouble:
         callers only serialize it); otherwise it is the caller's own copy."""
         name = method.lower()
         args = normalize_params(params or {})
-        self.calls.append(CallRecord(method, _jsonable(args), self.now()))
+        recorded = _jsonable(args)
+        self.calls.append(CallRecord(method, recorded, self.now()))
+        self._in_call = (args, recorded)  # the ledger of a send records the same parameters
         handler = self.methods.get(name)
         if handler is None:
             raise ApiError(404, "Not Found")
