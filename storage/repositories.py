@@ -173,8 +173,10 @@ class OrgRepository(_Repository):
     ) -> Sequence[Any]:
         return await self._once(key, lambda: self._all(query()), attach=attach)
 
-    async def _first_once(self, key: tuple[Any, ...], query: Callable[[], Any]) -> Any:
-        return await self._once(key, lambda: self._first(query()))
+    async def _first_once(
+        self, key: tuple[Any, ...], query: Callable[[], Any], *, attach: bool = True
+    ) -> Any:
+        return await self._once(key, lambda: self._first(query()), attach=attach)
 
     async def _first(self, query: Any) -> Any:
         return (await self.session.exec(query)).first()
@@ -247,11 +249,19 @@ class OrgRepository(_Repository):
     async def enterprise_by_code(self, code: str) -> Enterprise | None:
         return (await self.session.exec(select(Enterprise).where(Enterprise.code == code))).first()
 
-    async def person(self, person_id: int) -> Person | None:
-        return await self._once(("person", person_id), lambda: self.session.get(Person, person_id))
+    async def person(self, person_id: int, *, read_only: bool = False) -> Person | None:
+        return await self._once(
+            ("person", person_id),
+            lambda: self.session.get(Person, person_id),
+            attach=not read_only,
+        )
 
-    async def person_by_telegram(self, telegram_id: int) -> Person | None:
-        return await self._once(_person_key(telegram_id), lambda: self._with_firm(telegram_id))
+    async def person_by_telegram(
+        self, telegram_id: int, *, read_only: bool = False
+    ) -> Person | None:
+        return await self._once(
+            _person_key(telegram_id), lambda: self._with_firm(telegram_id), attach=not read_only
+        )
 
     async def _with_firm(self, telegram_id: int) -> Person | None:
         """The person, and their enterprise in the same statement, kept as `enterprise`
@@ -356,9 +366,11 @@ class OrgRepository(_Repository):
         query = select(Person).where(Person.role == role, Person.active)
         return (await self.session.exec(query.order_by(Person.id))).all()
 
-    async def group_by_chat(self, chat_id: int) -> ChatGroup | None:
+    async def group_by_chat(self, chat_id: int, *, read_only: bool = False) -> ChatGroup | None:
         return await self._first_once(
-            _group_key(chat_id), lambda: select(ChatGroup).where(ChatGroup.chat_id == chat_id)
+            _group_key(chat_id),
+            lambda: select(ChatGroup).where(ChatGroup.chat_id == chat_id),
+            attach=not read_only,
         )
 
     async def groups_of(self, region_id: int) -> Sequence[ChatGroup]:

@@ -76,7 +76,7 @@ def _lang(actor: Person | None, group_lang: str, in_group: bool) -> str:
 async def _group_language(uow: UnitOfWork, ticket: Ticket) -> str:
     if ticket.group_chat_id is None:
         return "zh"
-    group = await uow.org.group_by_chat(ticket.group_chat_id)
+    group = await uow.org.group_by_chat(ticket.group_chat_id, read_only=True)
     return group.language if group else "zh"
 
 
@@ -86,7 +86,7 @@ async def _audience(uow: UnitOfWork, ticket: Ticket, event: AnyEvent) -> Sequenc
     if kind in _TO_DEPARTMENT and ticket.department_id:
         people += await uow.org.officials_of(ticket.department_id)
     if kind in _TO_REPORTER or (kind == "rate" and event.to_state != "closed"):
-        reporter = await uow.org.person(ticket.reporter_id)
+        reporter = await uow.org.person(ticket.reporter_id, read_only=True)
         people += [reporter] if reporter else []
     if kind in _TO_HOLDER or kind == "resolve":
         people += await _holders(uow, ticket)
@@ -103,7 +103,7 @@ async def _audience(uow: UnitOfWork, ticket: Ticket, event: AnyEvent) -> Sequenc
 async def _holders(uow: UnitOfWork, ticket: Ticket) -> list[Person]:
     people: list[Person] = []
     if ticket.claimant_id:
-        claimant = await uow.org.person(ticket.claimant_id)
+        claimant = await uow.org.person(ticket.claimant_id, read_only=True)
         people += [claimant] if claimant else []
     if ticket.department_id:
         heads = await uow.org.officials_of(ticket.department_id, heads_only=True)

@@ -149,7 +149,7 @@ class TicketService:
         self, uow: UnitOfWork, person: Person, chat_id: int, private: bool
     ) -> tuple[int, int | None]:
         if not private:
-            group = await uow.org.group_by_chat(chat_id)
+            group = await uow.org.group_by_chat(chat_id, read_only=True)
             if group is None:
                 raise UnboundGroupError(chat_id=chat_id)
             return group.region_id, group.chat_id
@@ -525,7 +525,8 @@ class TicketService:
         )
 
     async def _actor(self, uow: UnitOfWork, telegram_id: int) -> tuple[Person, Actor]:
-        person = await uow.org.person_by_telegram(telegram_id)
+        # whoever acts is named and told, never changed here: the cache's own row serves
+        person = await uow.org.person_by_telegram(telegram_id, read_only=True)
         if person is None or not person.active:
             raise NotRegisteredError(telegram_id=telegram_id)
         return person, await self.org.actor(uow, person)
