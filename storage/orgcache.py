@@ -82,6 +82,8 @@ class OrgCache:
         self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
 
     def _snapshot(self, row: Any) -> Any:
+        if row in self._store:  # a snapshot already (one row kept under two questions)
+            return row
         return self._store.merge(row, load=False)
 
     def attach(self, value: Any, session: Session) -> Any:

@@ -259,9 +259,13 @@ class OrgRepository(_Repository):
     async def person_by_telegram(
         self, telegram_id: int, *, read_only: bool = False
     ) -> Person | None:
-        return await self._once(
-            _person_key(telegram_id), lambda: self._with_firm(telegram_id), attach=not read_only
+        attach = not read_only
+        person = await self._once(
+            _person_key(telegram_id), lambda: self._with_firm(telegram_id), attach=attach
         )
+        if person is not None:  # and by their id, as `person` and `people` ask for them
+            self._known.setdefault(self._memo(("person", person.id), attach), person)
+        return person  # type: ignore[no-any-return]
 
     async def _with_firm(self, telegram_id: int) -> Person | None:
         """The person, and their enterprise in the same statement, kept as `enterprise`
@@ -272,6 +276,8 @@ class OrgRepository(_Repository):
         if row is None:
             return None
         person, firm = row
+        if self._shared is not None and read_in is not None:
+            self._shared.put(("person", person.id), person, read_in)
         if firm is not None:
             key = ("enterprise", firm.id)
             self._known.setdefault(key, firm)
@@ -298,6 +304,9 @@ class OrgRepository(_Repository):
                 shared.put(("enterprise", firm.id), firm, read_in)
         for telegram_id in wanted:
             shared.put(_person_key(telegram_id), found.get(telegram_id), read_in)
+            kept = shared.get(_person_key(telegram_id))
+            if kept:  # and by their id, as `person` and `people` ask for them
+                shared.put(("person", kept.id), kept, read_in)
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())

@@ -307,6 +307,7 @@ async def test_people_asked_for_together_are_kept_one_by_one(engine, uows, ticki
         assert clerk is not None
         assert head is not None
         ids = [boss.id, clerk.id, head.id]
+    ticking.now += KEEP_SECONDS  # forgotten: they are asked for by their ids below
     nobody = 987_654
     statements = await _statements(engine)
     async with uows(readonly=True) as uow:
@@ -373,3 +374,27 @@ async def test_the_door_answers_from_the_cache_and_sees_a_change(uows, ticking):
         mine.active = False
         await uow.commit()
     assert await queries.whoami(org["tax_clerk"]) is None  # a kept answer would not have known
+
+
+async def test_someone_found_by_their_telegram_id_is_known_by_their_id(engine, uows, ticking):
+    """Whoever writes an update is looked up by Telegram id; the ticket views that name them
+    next ask by their id, and find them kept, in the same unit of work and in the next."""
+    org = await build_org(uows)
+    statements = await _statements(engine)
+    async with uows() as uow:
+        boss = await uow.org.person_by_telegram(org["acme_boss"], read_only=True)
+        assert boss is not None
+        read = len(statements)
+        assert await uow.org.people([boss.id], read_only=True) == [boss]
+        assert await uow.org.person(boss.id, read_only=True) is boss
+        assert len(statements) == read  # no query of its own
+    async with uows(readonly=True) as uow:
+        await uow.org.know_people({org["tax_clerk"]})
+    statements.clear()
+    async with uows(readonly=True) as uow:
+        clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+        assert clerk is not None
+        [again] = await uow.org.people([clerk.id], read_only=True)
+        assert again is clerk
+        assert (await uow.org.people([boss.id], read_only=True))[0].name == boss.name
+    assert statements == []
