@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -311,13 +312,10 @@ async def test_messages_of_an_update_processed_elsewhere_are_neither_written_nor
         assert await uow.outbox.depth() == 0
 
 
-async def test_on_postgresql_a_reports_events_go_with_its_messages_and_its_mark(services, clock):
-    """A group report handed over: its events, its messages and its update's mark in one
-    statement on PostgreSQL, each in its own on SQLite; the same record either way."""
-    uows = services.uows
-    org = await build_org(uows)
-    await store(uows, [message(27, "x")], clock=clock)
-    handover = uows.handoff = Handover()
+@contextlib.contextmanager
+def handled_as(uows: UnitOfWorkFactory, update_id: int, clock: Any) -> Iterator[list[str]]:
+    """Inside, service calls are handled as inbox update `update_id`; yields the statements
+    they run, each on one line."""
     seen: list[str] = []
     engine = uows.sessions.kw["bind"].sync_engine
 
@@ -325,21 +323,36 @@ async def test_on_postgresql_a_reports_events_go_with_its_messages_and_its_mark(
         seen.append(" ".join(statement.split()))
 
     sa.event.listen(engine, "before_cursor_execute", note)
-    token = current_update.set(UpdateMark(27, clock.now()))
+    token = current_update.set(UpdateMark(update_id, clock.now()))
     try:
+        yield seen
+    finally:
+        current_update.reset(token)
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def apart(seen: list[str], *heads: str) -> tuple[list[str], str]:
+    """The statements that start with one of `heads`, and the one that writes the messages."""
+    [together] = [s for s in seen if "INSERT INTO outbox" in s]
+    return [s for s in seen if s.startswith(heads)], together
+
+
+async def test_on_postgresql_a_reports_events_go_with_its_messages_and_its_mark(services, clock):
+    """A group report handed over: its events, its messages and its update's mark in one
+    statement on PostgreSQL, each in its own on SQLite; the same record either way."""
+    uows = services.uows
+    org = await build_org(uows)
+    await store(uows, [message(27, "x")], clock=clock)
+    handover = uows.handoff = Handover()
+    with handled_as(uows, 27, clock) as seen:
         text = '路灯坏了 <b>&amp;</b> 🚧 "quoted" & more'
         outcome = await services.tickets.report(
             org["acme_boss"], text, chat_id=GROUP, message_id=27
         )
-    finally:
-        current_update.reset(token)
-        sa.event.remove(engine, "before_cursor_execute", note)
-    postgres = engine.dialect.name == "postgresql"
-    alone = [s for s in seen if s.startswith(("INSERT INTO ticketevent", "UPDATE inboxupdate"))]
-    together = [s for s in seen if "INSERT INTO outbox" in s]
-    assert len(together) == 1
+    postgres = uows.sessions.kw["bind"].dialect.name == "postgresql"
+    alone, together = apart(seen, "INSERT INTO ticketevent", "UPDATE inboxupdate")
     assert len(alone) == (0 if postgres else 2)
-    assert ("ticketevent" in together[0]) is postgres
+    assert ("ticketevent" in together) is postgres
     assert (await inbox_row(uows, 27)).processed
     assert handover.adopted
     async with uows(readonly=True) as uow:
@@ -371,25 +384,12 @@ async def test_on_postgresql_the_reminders_an_action_answers_go_with_its_message
         await uow.commit()
     await store(uows, [message(30, "x")], clock=clock)
     handover = uows.handoff = Handover()
-    seen: list[str] = []
-    engine = uows.sessions.kw["bind"].sync_engine
-
-    def note(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    sa.event.listen(engine, "before_cursor_execute", note)
-    token = current_update.set(UpdateMark(30, clock.now()))
-    try:
+    with handled_as(uows, 30, clock) as seen:
         await services.tickets.claim(org["tax_clerk"], numbers[0])
-    finally:
-        current_update.reset(token)
-        sa.event.remove(engine, "before_cursor_execute", note)
-    postgres = engine.dialect.name == "postgresql"
-    alone = [s for s in seen if s.startswith("UPDATE nudge")]
-    together = [s for s in seen if "INSERT INTO outbox" in s]
-    assert len(together) == 1
+    postgres = uows.sessions.kw["bind"].dialect.name == "postgresql"
+    alone, together = apart(seen, "UPDATE nudge")
     assert len(alone) == (0 if postgres else 1)
-    assert ("UPDATE nudge" in together[0]) is postgres
+    assert ("UPDATE nudge" in together) is postgres
     assert (await inbox_row(uows, 30)).processed
     assert handover.adopted
     async with uows(readonly=True) as uow:

@@ -4,6 +4,7 @@ takes it like any other."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -29,6 +30,24 @@ def _values(org_ids: dict[str, int]) -> dict[str, object]:
     }
 
 
+async def _reporter(uow: Any) -> dict[str, int]:
+    """The region, enterprise and person of someone of the org chart who may report."""
+    person = (
+        await uow.session.exec(
+            sa.text("SELECT id, enterprise_id FROM person WHERE enterprise_id IS NOT NULL")
+        )
+    ).first()
+    enterprise = await uow.org.enterprise(person.enterprise_id)
+    return {"region": enterprise.region_id, "enterprise": enterprise.id, "reporter": person.id}
+
+
+async def _stored(uows: Any, number: int) -> tuple[object, ...]:
+    async with uows(readonly=True) as uow:
+        stored = await uow.tickets.get(number)
+        assert stored is not None
+        return stored.state, stored.version, stored.summary
+
+
 def test_it_has_every_field_the_constructor_gives():
     values = _values({"region": 1, "enterprise": 2, "reporter": 3})
     made, fresh = Ticket(**values), fresh_row(Ticket, **values)
@@ -51,41 +70,20 @@ def test_a_missing_or_unknown_field_is_refused():
 async def test_the_session_writes_it_and_tracks_changes_made_to_it(uows):
     await build_org(uows)
     async with uows() as uow:
-        person = (
-            await uow.session.exec(
-                sa.text("SELECT id, enterprise_id FROM person WHERE enterprise_id IS NOT NULL")
-            )
-        ).first()
-        enterprise = await uow.org.enterprise(person.enterprise_id)
-        ids = {"region": enterprise.region_id, "enterprise": enterprise.id, "reporter": person.id}
-        ticket = fresh_row(Ticket, **_values(ids))
+        ticket = fresh_row(Ticket, **_values(await _reporter(uow)))
         uow.session.add(ticket)
         await uow.flush()
         ticket.state = TicketState.ASSIGNED  # tracked like any row's change
         ticket.version += 1
         await uow.commit()
         number = ticket.id
-    async with uows(readonly=True) as uow:
-        stored = await uow.tickets.get(number)
-        assert stored is not None
-        assert (stored.state, stored.version, stored.summary) == (
-            TicketState.ASSIGNED,
-            2,
-            "漏水 <&> 😀",
-        )
+    assert await _stored(uows, number) == (TicketState.ASSIGNED, 2, "漏水 <&> 😀")
 
 
 async def test_put_sets_a_new_rows_fields_and_a_stored_rows_changes_are_written(uows):
     await build_org(uows)
     async with uows() as uow:
-        person = (
-            await uow.session.exec(
-                sa.text("SELECT id, enterprise_id FROM person WHERE enterprise_id IS NOT NULL")
-            )
-        ).first()
-        enterprise = await uow.org.enterprise(person.enterprise_id)
-        ids = {"region": enterprise.region_id, "enterprise": enterprise.id, "reporter": person.id}
-        ticket = fresh_row(Ticket, **_values(ids))
+        ticket = fresh_row(Ticket, **_values(await _reporter(uow)))
         put(ticket, {"state": TicketState.ASSIGNED, "version": 2})  # held by no session
         assert (ticket.state, ticket.version) == (TicketState.ASSIGNED, 2)
         uow.session.add(ticket)  # and written whole when it joins one
@@ -94,11 +92,4 @@ async def test_put_sets_a_new_rows_fields_and_a_stored_rows_changes_are_written(
         assert ticket in uow.session.dirty  # a stored row's change is noted
         await uow.commit()
         number = ticket.id
-    async with uows(readonly=True) as uow:
-        stored = await uow.tickets.get(number)
-        assert stored is not None
-        assert (stored.state, stored.version, stored.summary) == (
-            TicketState.CLAIMED,
-            3,
-            "<b>&</b> 🚰",
-        )
+    assert await _stored(uows, number) == (TicketState.CLAIMED, 3, "<b>&</b> 🚰")
