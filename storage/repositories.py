@@ -65,8 +65,12 @@ _PEOPLE_WITH_FIRMS = _WITH_FIRM.where(
 )
 
 
-def _person_key(telegram_id: int) -> tuple[Any, ...]:
+def _telegram_key(telegram_id: int) -> tuple[Any, ...]:
     return ("telegram", telegram_id)
+
+
+def _person_key(person_id: int) -> tuple[Any, ...]:
+    return ("person", person_id)
 
 
 def _group_key(chat_id: int) -> tuple[Any, ...]:
@@ -83,7 +87,7 @@ class KeptOrg:
         self._shared = shared
 
     def person_by_telegram(self, telegram_id: int) -> Person | None:
-        return self._get(_person_key(telegram_id))
+        return self._get(_telegram_key(telegram_id))
 
     def group_by_chat(self, chat_id: int) -> ChatGroup | None:
         return self._get(_group_key(chat_id))
@@ -251,7 +255,7 @@ class OrgRepository(_Repository):
 
     async def person(self, person_id: int, *, read_only: bool = False) -> Person | None:
         return await self._once(
-            ("person", person_id),
+            _person_key(person_id),
             lambda: self.session.get(Person, person_id),
             attach=not read_only,
         )
@@ -261,10 +265,10 @@ class OrgRepository(_Repository):
     ) -> Person | None:
         attach = not read_only
         person = await self._once(
-            _person_key(telegram_id), lambda: self._with_firm(telegram_id), attach=attach
+            _telegram_key(telegram_id), lambda: self._with_firm(telegram_id), attach=attach
         )
         if person is not None:  # and by their id, as `person` and `people` ask for them
-            self._known.setdefault(self._memo(("person", person.id), attach), person)
+            self._known.setdefault(self._memo(_person_key(person.id), attach), person)
         return person  # type: ignore[no-any-return]
 
     async def _with_firm(self, telegram_id: int) -> Person | None:
@@ -277,7 +281,7 @@ class OrgRepository(_Repository):
             return None
         person, firm = row
         if self._shared is not None and read_in is not None:
-            self._shared.put(("person", person.id), person, read_in)
+            self._shared.put(_person_key(person.id), person, read_in)
         if firm is not None:
             key = ("enterprise", firm.id)
             self._known.setdefault(key, firm)
@@ -292,7 +296,7 @@ class OrgRepository(_Repository):
         shared = self._shared
         if shared is None:
             return
-        wanted = [t for t in telegram_ids if shared.get(_person_key(t)) is MISSING]
+        wanted = [t for t in telegram_ids if shared.get(_telegram_key(t)) is MISSING]
         if not wanted:
             return
         read_in = shared.generation
@@ -303,10 +307,11 @@ class OrgRepository(_Repository):
             if firm is not None:
                 shared.put(("enterprise", firm.id), firm, read_in)
         for telegram_id in wanted:
-            shared.put(_person_key(telegram_id), found.get(telegram_id), read_in)
-            kept = shared.get(_person_key(telegram_id))
-            if kept:  # and by their id, as `person` and `people` ask for them
-                shared.put(("person", kept.id), kept, read_in)
+            person = found.get(telegram_id)
+            shared.put(_telegram_key(telegram_id), person, read_in)
+            if person is not None:  # and by their id, as `person` and `people` ask for them
+                kept = shared.get(_telegram_key(telegram_id))  # the snapshot, if one was kept
+                shared.put(_person_key(person.id), person if kept is MISSING else kept, read_in)
 
     async def person_by_username(self, username: str) -> Person | None:
         query = select(Person).where(sa.func.lower(Person.username) == username.lower())
@@ -323,7 +328,7 @@ class OrgRepository(_Repository):
         # each person is kept as `person` keeps them: a ticket's claimant and reporter, asked
         # for together, are a pair seldom asked for again, but each is asked for often
         attach = not read_only
-        kept = {i: self._kept(("person", i), attach) for i in ids}
+        kept = {i: self._kept(_person_key(i), attach) for i in ids}
         missing = sorted({i for i, p in kept.items() if p is MISSING})
         if missing:
             read_in = None if self._shared is None else self._shared.generation
@@ -332,7 +337,7 @@ class OrgRepository(_Repository):
             }
             for i in missing:
                 kept[i] = read.get(i)
-                self._keep(("person", i), kept[i], read_in, attach)
+                self._keep(_person_key(i), kept[i], read_in, attach)
         return [p for p in (kept[i] for i in dict.fromkeys(ids)) if p is not None]
 
     async def officials_of(

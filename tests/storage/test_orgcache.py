@@ -398,3 +398,19 @@ async def test_someone_found_by_their_telegram_id_is_known_by_their_id(engine, u
         assert again is clerk
         assert (await uow.org.people([boss.id], read_only=True))[0].name == boss.name
     assert statements == []
+
+
+async def test_people_looked_up_together_when_the_cache_keeps_nothing(engine, uows, ticking):
+    """With nothing kept (a keeping time of zero, or the chart changed while they were read),
+    the batch lookup still answers and keeps nobody, by Telegram id or by id."""
+    org = await build_org(uows)
+    cache = org_cache_for(engine)
+    kept_for, cache._keep = cache._keep, 0.0
+    try:
+        async with uows(readonly=True) as uow:
+            await uow.org.know_people({org["acme_boss"], org["tax_clerk"]})
+            clerk = await uow.org.person_by_telegram(org["tax_clerk"])
+            assert clerk is not None
+        assert len(cache) == 0
+    finally:
+        cache._keep = kept_for
